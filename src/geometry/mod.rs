@@ -1,0 +1,2 @@
+//! Geometry: meshes, surface sampling, normalisation and the attachment channel.
+pub mod mesh;

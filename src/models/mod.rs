@@ -1,0 +1,1 @@
+//! Model ports to candle, one module per model; each mirrors its checkpoint's tensor names.

@@ -1,0 +1,88 @@
+//! Helpers shared by the golden tests: finding the golden folder, loading recorded
+//! tensors, comparing with relative L2, and writing synthetic checkpoints.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use lumen::synth::{write_synthetic_safetensors, TensorSpec};
+
+/// The golden folder: `LUMEN_GOLDENS`, else `../shared/goldens` beside the crate.
+pub fn goldens_root() -> PathBuf {
+    std::env::var_os("LUMEN_GOLDENS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/goldens"))
+}
+
+/// The folder and parsed manifest of one golden component, or `None` (with a loud
+/// message) when the goldens are absent. With `LUMEN_REQUIRE_GOLDENS=1` (CI) a missing
+/// folder fails the test instead of skipping it.
+pub fn component(name: &str) -> Option<(PathBuf, serde_json::Value)> {
+    let dir = goldens_root().join(name);
+    let manifest = dir.join("manifest.json");
+    if !manifest.is_file() {
+        let msg = format!(
+            "GOLDENS MISSING: {} not found; golden test for '{name}' SKIPPED (set LUMEN_GOLDENS)",
+            manifest.display()
+        );
+        if std::env::var("LUMEN_REQUIRE_GOLDENS").is_ok_and(|v| v == "1") {
+            panic!("{msg}");
+        }
+        eprintln!("\n*** {msg} ***\n");
+        return None;
+    }
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    Some((dir, serde_json::from_str(&text).expect("manifest.json is valid JSON")))
+}
+
+/// Every tensor of a golden safetensors file, on the CPU.
+pub fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// ‖got − want‖₂ / ‖want‖₂, computed in f64.
+pub fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.dims(), want.dims(), "shape mismatch");
+    let g: Vec<f64> = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<f64> = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
+    let den: f64 = w.iter().map(|b| b * b).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Prints the measured error beside the tolerance and fails when it is exceeded.
+pub fn check_close(label: &str, got: &Tensor, want: &Tensor, tol: f64) -> f64 {
+    assert_eq!(got.dims(), want.dims(), "{label}: shape {:?} vs reference {:?}", got.dims(), want.dims());
+    let err = rel_l2(got, want);
+    let verdict = if err <= tol { "ok" } else { "FAIL" };
+    println!("{label:<40} rel_l2 {err:.3e}  (tol {tol:.0e})  {verdict}");
+    assert!(err <= tol, "{label}: rel_l2 {err:.3e} exceeds tolerance {tol:.0e}");
+    err
+}
+
+/// Manifest tensor entries (`[{name, shape, dtype}]`) as specs.
+pub fn specs(entries: &serde_json::Value) -> Vec<TensorSpec> {
+    entries
+        .as_array()
+        .expect("tensor list")
+        .iter()
+        .map(|e| TensorSpec::from_json(e).unwrap())
+        .collect()
+}
+
+/// Writes `dir/file` with synthetic weights for `entries`, creating `dir`.
+pub fn write_synth(dir: &Path, file: &str, entries: &[TensorSpec]) -> PathBuf {
+    let path = dir.join(file);
+    write_synthetic_safetensors(entries, None, &path).unwrap();
+    path
+}
+
+/// A fresh temporary folder kept for the test's lifetime.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
