@@ -35,10 +35,22 @@ impl Repo {
     }
 }
 
-pub const SDXL_TURBO: Repo = Repo { id: "stabilityai/sdxl-turbo", revision: "main" };
-pub const SDXL_VAE_FP16_FIX: Repo = Repo { id: "madebyollin/sdxl-vae-fp16-fix", revision: "main" };
-pub const RMBG: Repo = Repo { id: "briaai/RMBG-1.4", revision: "main" };
-pub const PARTCRAFTER: Repo = Repo { id: "wgsxm/PartCrafter", revision: "main" };
+pub const SDXL_TURBO: Repo = Repo {
+    id: "stabilityai/sdxl-turbo",
+    revision: "main",
+};
+pub const SDXL_VAE_FP16_FIX: Repo = Repo {
+    id: "madebyollin/sdxl-vae-fp16-fix",
+    revision: "main",
+};
+pub const RMBG: Repo = Repo {
+    id: "briaai/RMBG-1.4",
+    revision: "main",
+};
+pub const PARTCRAFTER: Repo = Repo {
+    id: "wgsxm/PartCrafter",
+    revision: "main",
+};
 
 /// Where to look for weights: built once from the command line and the environment.
 #[derive(Debug, Clone)]
@@ -72,7 +84,11 @@ impl WeightsSource {
         let offline = std::env::var("HF_HUB_OFFLINE")
             .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
             .unwrap_or(false);
-        Self { weights_dir, cache_dir, offline }
+        Self {
+            weights_dir,
+            cache_dir,
+            offline,
+        }
     }
 
     /// Finds a local folder for `repo` that contains `required` (a file path inside the repo
@@ -81,7 +97,11 @@ impl WeightsSource {
         if let Some(dir) = &self.weights_dir {
             for candidate in [dir.join(repo.name()), dir.join(repo.id), dir.clone()] {
                 if candidate.join(required).is_file() {
-                    return Ok(RepoDir { repo, dir: candidate, commit: "local".into() });
+                    return Ok(RepoDir {
+                        repo,
+                        dir: candidate,
+                        commit: "local".into(),
+                    });
                 }
             }
             bail!(
@@ -161,7 +181,10 @@ fn is_commit_hash(s: &str) -> bool {
 /// The safetensors files of one model folder: `model.safetensors`,
 /// `diffusion_pytorch_model.safetensors`, or the shards named by an index json.
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    for index in ["model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"] {
+    for index in [
+        "model.safetensors.index.json",
+        "diffusion_pytorch_model.safetensors.index.json",
+    ] {
         let index = dir.join(index);
         if index.is_file() {
             let text = std::fs::read_to_string(&index)?;
@@ -227,7 +250,11 @@ pub fn check_safetensors_file(path: &Path) -> Result<HashMap<String, (safetensor
     let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&mmap)
         .map_err(|e| anyhow::anyhow!("weights file {} is corrupt or truncated: {e}", path.display()))?;
-    Ok(st.tensors().into_iter().map(|(name, view)| (name, (view.dtype(), view.shape().to_vec()))).collect())
+    Ok(st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec())))
+        .collect())
 }
 
 /// Checks that a loaded tensor has the expected shape, naming both when it does not
@@ -240,5 +267,9 @@ pub fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
 }
 
 fn display_list(files: &[PathBuf]) -> String {
-    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
