@@ -1,2 +1,4 @@
-//! Geometry: meshes, surface sampling, normalisation and the attachment channel.
+//! Geometry: meshes, primitive shapes, surface sampling and the attachment channel.
 pub mod mesh;
+pub mod primitives;
+pub mod sampling;
