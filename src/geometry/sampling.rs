@@ -72,18 +72,21 @@ pub fn canonical_order(areas: &[f64], centroids: &[[f64; 3]]) -> Vec<usize> {
     order
 }
 
-/// Area-weighted centroid of a mesh's surface.
-fn surface_centroid(mesh: &TriMesh, areas: &[f64]) -> [f64; 3] {
-    let mut c = [0.0; 3];
+/// Face areas and the area-weighted surface centroid, in one pass over the faces.
+fn area_and_centroid(mesh: &TriMesh) -> (Vec<f64>, [f64; 3]) {
+    let mut areas = Vec::with_capacity(mesh.faces.len());
+    let mut c = [0.0f64; 3];
     let mut total = 0.0;
-    for (f, &a) in areas.iter().enumerate() {
+    for f in 0..mesh.faces.len() {
         let t = mesh.triangle(f);
+        let a = crate::geometry::mesh::triangle_area(t);
         for k in 0..3 {
-            c[k] += a * (t[0][k] + t[1][k] + t[2][k]) as f64 / 3.0;
+            c[k] += a * (t[0][k] + t[1][k] + t[2][k]) as f64;
         }
         total += a;
+        areas.push(a);
     }
-    c.map(|x| x / total.max(f64::MIN_POSITIVE))
+    (areas, c.map(|x| x / (3.0 * total).max(f64::MIN_POSITIVE)))
 }
 
 /// Splits `n` points over parts: `min_each` each, the rest by area, largest remainder first.
@@ -142,16 +145,11 @@ pub fn sample_parts(meshes: &[TriMesh], opts: &SampleOptions) -> Result<SampledC
     if opts.num_points < meshes.len() {
         bail!("{} points cannot cover {} parts", opts.num_points, meshes.len());
     }
-    let face_areas: Vec<Vec<f64>> = meshes.iter().map(|m| m.face_areas()).collect();
+    let (face_areas, centroids): (Vec<Vec<f64>>, Vec<[f64; 3]>) = meshes.iter().map(area_and_centroid).unzip();
     let areas: Vec<f64> = face_areas.iter().map(|a| a.iter().sum()).collect();
     if let Some(i) = areas.iter().position(|a| !(*a > 0.0) || !a.is_finite()) {
         bail!("part {i} has no surface area");
     }
-    let centroids: Vec<[f64; 3]> = meshes
-        .iter()
-        .zip(&face_areas)
-        .map(|(m, a)| surface_centroid(m, a))
-        .collect();
     let order = canonical_order(&areas, &centroids);
     let ordered_areas: Vec<f64> = order.iter().map(|&i| areas[i]).collect();
     let counts = allocate(opts.num_points, &ordered_areas, opts.min_share);
@@ -222,6 +220,49 @@ fn dist2(a: &[f32; 3], b: &[f32; 3]) -> f32 {
     d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
 }
 
+/// Structure-of-arrays copy of a point set, so the nearest-point scans below run over
+/// contiguous lanes that the compiler vectorises.
+struct Soa {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    z: Vec<f32>,
+}
+
+impl Soa {
+    fn new<'a>(points: impl Iterator<Item = &'a [f32; 3]>) -> Self {
+        let mut s = Soa {
+            x: vec![],
+            y: vec![],
+            z: vec![],
+        };
+        for p in points {
+            s.x.push(p[0]);
+            s.y.push(p[1]);
+            s.z.push(p[2]);
+        }
+        s
+    }
+
+    /// Squared distance from `p` to the nearest point of the set (infinity when empty).
+    fn nearest2(&self, p: &[f32; 3]) -> f32 {
+        const LANES: usize = 8;
+        let mut best = [f32::INFINITY; LANES];
+        let n = self.x.len() / LANES * LANES;
+        for c in (0..n).step_by(LANES) {
+            for l in 0..LANES {
+                let (dx, dy, dz) = (self.x[c + l] - p[0], self.y[c + l] - p[1], self.z[c + l] - p[2]);
+                let d = dx * dx + dy * dy + dz * dz;
+                best[l] = if d < best[l] { d } else { best[l] };
+            }
+        }
+        let mut m = best.iter().copied().fold(f32::INFINITY, f32::min);
+        for i in n..self.x.len() {
+            m = m.min(dist2(p, &[self.x[i], self.y[i], self.z[i]]));
+        }
+        m
+    }
+}
+
 /// Attachment channel: per part, distance to its joint region, scaled to 0..=255.
 ///
 /// The joint region of a part is the set of its points whose distance to the nearest point
@@ -240,19 +281,10 @@ pub fn attachment_weights(positions: &[[f32; 3]], part_ids: &[u8], surface_area:
             continue;
         }
         let id = (pi + 1) as u8;
-        // Anchor points: the joint region, or the point nearest the centroid.
-        let anchors: Vec<[f32; 3]> = if num_parts > 1 {
-            let others: Vec<[f32; 3]> = (0..n).filter(|&i| part_ids[i] != id).map(|i| positions[i]).collect();
-            let d_other: Vec<f32> = idx
-                .iter()
-                .map(|&i| {
-                    others
-                        .iter()
-                        .map(|q| dist2(&positions[i], q))
-                        .fold(f32::INFINITY, f32::min)
-                        .sqrt()
-                })
-                .collect();
+        // Anchor points: the joint region, or the centroid.
+        let mut anchor_points: Vec<[f32; 3]> = if num_parts > 1 {
+            let others = Soa::new((0..n).filter(|&j| part_ids[j] != id).map(|j| &positions[j]));
+            let d_other: Vec<f32> = idx.iter().map(|&i| others.nearest2(&positions[i]).sqrt()).collect();
             let closest = d_other.iter().copied().fold(f32::INFINITY, f32::min);
             let reach = closest + 2.0 * spacing;
             idx.iter()
@@ -261,24 +293,19 @@ pub fn attachment_weights(positions: &[[f32; 3]], part_ids: &[u8], surface_area:
                 .map(|(&i, _)| positions[i])
                 .collect()
         } else {
+            vec![]
+        };
+        if anchor_points.is_empty() {
             let mut c = [0.0f32; 3];
             for &i in idx {
                 for k in 0..3 {
                     c[k] += positions[i][k] / idx.len() as f32;
                 }
             }
-            vec![c]
-        };
-        let g: Vec<f32> = idx
-            .iter()
-            .map(|&i| {
-                anchors
-                    .iter()
-                    .map(|a| dist2(&positions[i], a))
-                    .fold(f32::INFINITY, f32::min)
-                    .sqrt()
-            })
-            .collect();
+            anchor_points.push(c);
+        }
+        let anchors = Soa::new(anchor_points.iter());
+        let g: Vec<f32> = idx.iter().map(|&i| anchors.nearest2(&positions[i]).sqrt()).collect();
         let gmax = g.iter().copied().fold(0.0, f32::max);
         for (&i, &gi) in idx.iter().zip(&g) {
             weights[i] = if gmax > 0.0 {
@@ -352,6 +379,20 @@ mod tests {
             }
         }
         assert!(cloud.attachment.contains(&255) && cloud.attachment.contains(&0));
+    }
+
+    #[test]
+    fn vectorised_nearest_matches_plain_scan() {
+        let mut rng = Rng::new(5);
+        let pts: Vec<[f32; 3]> = (0..1003)
+            .map(|_| std::array::from_fn(|_| rng.uniform() as f32 * 2.0 - 1.0))
+            .collect();
+        let set = Soa::new(pts[..997].iter());
+        for q in &pts[997..] {
+            let plain = pts[..997].iter().map(|p| dist2(q, p)).fold(f32::INFINITY, f32::min);
+            assert_eq!(set.nearest2(q), plain);
+        }
+        assert_eq!(Soa::new(std::iter::empty()).nearest2(&[0.0; 3]), f32::INFINITY);
     }
 
     #[test]
