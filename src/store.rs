@@ -42,6 +42,9 @@ pub struct StoreOptions {
     pub timeout: Duration,
     /// Retries of a failed or timed-out request (5xx, connection errors).
     pub max_retries: usize,
+    /// GCS service-account key JSON given in code rather than through the environment
+    /// (tests point the client at a local server this way).
+    pub gcs_service_account_key: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -49,6 +52,7 @@ impl Default for StoreOptions {
         Self {
             timeout: Duration::from_secs(30),
             max_retries: 4,
+            gcs_service_account_key: None,
         }
     }
 }
@@ -140,7 +144,11 @@ impl Store {
             // from_env: GOOGLE_SERVICE_ACCOUNT(_PATH), GOOGLE_SERVICE_ACCOUNT_KEY,
             // GOOGLE_APPLICATION_CREDENTIALS, else application default credentials
             // (parse_url would ignore the environment).
-            let gcs = GoogleCloudStorageBuilder::from_env()
+            let mut builder = GoogleCloudStorageBuilder::from_env();
+            if let Some(key) = &opts.gcs_service_account_key {
+                builder = builder.with_service_account_key(key);
+            }
+            let gcs = builder
                 .with_bucket_name(bucket)
                 .with_retry(retry)
                 .with_client_options(
@@ -283,12 +291,8 @@ impl Store {
             .into_iter()
             .map(|m| {
                 let full = m.location.as_ref();
-                let rel = full
-                    .strip_prefix(root)
-                    .unwrap_or(full)
-                    .trim_start_matches('/')
-                    .to_string();
-                (rel, m.size)
+                let rel = full.strip_prefix(root).unwrap_or(full).trim_start_matches('/');
+                (percent_decode(rel), m.size)
             })
             .collect();
         out.sort();
@@ -394,4 +398,24 @@ impl Store {
         self.put("manifest.json", serde_json::to_vec_pretty(&m)?, true)?;
         Ok(())
     }
+}
+
+/// object_store paths keep characters outside its safe set percent-encoded; callers of
+/// `list` get back the names they wrote.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
