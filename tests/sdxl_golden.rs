@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use common::{check_close, component, load_tensors, specs, tempdir, write_synth};
+use common::{check_close, component, load_tensors, specs, tempdir};
 use lumen::models::sdxl::scheduler::{EulerAncestral, SchedulerConfig};
 use lumen::models::sdxl::tokenizer::ClipTokenizer;
 use lumen::models::sdxl::unet::AddedCond;
@@ -26,43 +26,13 @@ fn case_file(dir: &Path, manifest: &Value, case: &str) -> std::collections::Hash
     load_tensors(&dir.join(manifest["cases"][case]["file"].as_str().unwrap()))
 }
 
-/// Writes one module (`unet`, `vae`, `text_encoder`, `text_encoder_2`) of the synthetic
-/// checkpoint under `root`, at the hub repo's path, with its `config.json`; returns its folder.
 fn write_module(root: &Path, manifest: &Value, module: &str) -> PathBuf {
-    let rel = manifest["module_files"][module].as_str().unwrap();
-    let file = root.join(rel);
-    let folder = file.parent().unwrap().to_path_buf();
-    write_synth(
-        &folder,
-        file.file_name().unwrap().to_str().unwrap(),
-        &specs(&manifest["tensors"][module]),
-    );
-    std::fs::write(
-        folder.join("config.json"),
-        serde_json::to_string_pretty(&manifest["config"][module]).unwrap(),
-    )
-    .unwrap();
-    folder
+    sdxl::synthetic::write_module(root, manifest, module).unwrap()
 }
 
-/// The whole repo: four modules, both tokenizers (the goldens' tokenizer.json files), the
-/// scheduler config. Laid out as `<root>/sdxl-turbo/…`, the `--weights DIR` layout.
-fn write_repo(root: &Path, golden_dir: &Path, manifest: &Value) -> PathBuf {
-    let repo = root.join("sdxl-turbo");
-    for m in ["unet", "vae", "text_encoder", "text_encoder_2"] {
-        write_module(&repo, manifest, m);
-    }
-    for (folder, file) in [("tokenizer", "tokenizer.json"), ("tokenizer_2", "tokenizer_2.json")] {
-        std::fs::create_dir_all(repo.join(folder)).unwrap();
-        std::fs::copy(golden_dir.join(file), repo.join(folder).join("tokenizer.json")).unwrap();
-    }
-    std::fs::create_dir_all(repo.join("scheduler")).unwrap();
-    std::fs::write(
-        repo.join("scheduler/scheduler_config.json"),
-        serde_json::to_string(&manifest["config"]["scheduler"]).unwrap(),
-    )
-    .unwrap();
-    repo
+/// The `--weights DIR` layout: `DIR/sdxl-turbo/…`.
+fn write_repo(root: &Path, golden_dir: &Path) {
+    sdxl::synthetic::write_synthetic_repo(golden_dir, &root.join("sdxl-turbo")).unwrap();
 }
 
 fn ids(t: &Tensor) -> Vec<Vec<u32>> {
@@ -346,7 +316,7 @@ fn sdxl_golden_pipeline() {
     let t = case_file(&dir, &manifest, "pipeline");
     let tol = tol(&manifest, "pipeline");
     let tmp = tempdir();
-    write_repo(tmp.path(), &dir, &manifest);
+    write_repo(tmp.path(), &dir);
     let source = WeightsSource {
         weights_dir: Some(tmp.path().to_path_buf()),
         cache_dir: tmp.path().join("no-cache"),
@@ -436,7 +406,7 @@ fn sdxl_golden_stage_generate_is_seeded() {
         return;
     };
     let tmp = tempdir();
-    write_repo(tmp.path(), &dir, &manifest);
+    write_repo(tmp.path(), &dir);
     let source = WeightsSource {
         weights_dir: Some(tmp.path().to_path_buf()),
         cache_dir: tmp.path().join("no-cache"),
@@ -470,4 +440,22 @@ fn sdxl_golden_stage_generate_is_seeded() {
     let err = format!("{:#}", SdxlTurbo::load(&source, &Device::Cpu, &opts).err().unwrap());
     println!("missing tensor error: {err}");
     assert!(err.contains("add_embedding.linear_2.weight"), "{err}");
+}
+
+/// `lumen bench sdxl` without the CLI: real SDXL Turbo sizes, synthetic weights, CPU f32.
+/// Slow (minutes, ~11 GB of RAM for the UNet); run with
+/// `cargo test --test sdxl_golden sdxl_bench -- --ignored --nocapture` (`LUMEN_BENCH_QUICK=1` skips the UNet).
+#[test]
+#[ignore]
+fn sdxl_bench_real_sizes() {
+    let opts = lumen::bench::BenchOptions {
+        iters: 1,
+        quick: std::env::var("LUMEN_BENCH_QUICK").is_ok_and(|v| v == "1"),
+    };
+    for r in lumen::models::sdxl::bench::run(&opts).unwrap() {
+        println!(
+            "bench {:<16} iters {} median {:>10.1} ms  min {:>10.1} ms  {}",
+            r.name, r.iters, r.median_ms, r.min_ms, r.note
+        );
+    }
 }

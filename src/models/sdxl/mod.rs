@@ -14,6 +14,7 @@ pub mod bench;
 pub mod clip;
 pub mod prompt;
 pub mod scheduler;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

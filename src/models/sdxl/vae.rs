@@ -221,3 +221,29 @@ pub fn to_rgb8(image: &Tensor) -> Result<(usize, usize, Vec<u8>)> {
     let bytes = x.to_vec1::<f32>()?.into_iter().map(|v| v as u8).collect();
     Ok((h, w, bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn u8_conversion_rounds_and_clamps() {
+        // x/2 + 0.5 = 0.5 / 255 · k for chosen k: 127.6 → 128 (truncation would give 127).
+        let vals = [-2.0f32, 1.5, 127.6 / 255.0 * 2.0 - 1.0, 0.4 / 255.0 * 2.0 - 1.0];
+        let mut data = Vec::new();
+        for v in vals {
+            data.extend([v, v, v]);
+        }
+        // (1, 3, 1, 4): channel-major.
+        let img = Tensor::from_vec(data, (4, 3), &Device::Cpu)
+            .unwrap()
+            .t()
+            .unwrap()
+            .reshape((1, 3, 1, 4))
+            .unwrap();
+        let (h, w, bytes) = to_rgb8(&img).unwrap();
+        assert_eq!((h, w), (1, 4));
+        assert_eq!(bytes, vec![0, 0, 0, 255, 255, 255, 128, 128, 128, 0, 0, 0]);
+    }
+}
