@@ -452,7 +452,14 @@ fn sdxl_bench_real_sizes() {
         iters: 1,
         quick: std::env::var("LUMEN_BENCH_QUICK").is_ok_and(|v| v == "1"),
     };
-    for r in lumen::models::sdxl::bench::run(&opts).unwrap() {
+    // LUMEN_SDXL_BENCH_PARTS=unet_step,vae_decode selects parts.
+    let parts = std::env::var("LUMEN_SDXL_BENCH_PARTS").unwrap_or_default();
+    let rows = if parts.is_empty() {
+        lumen::models::sdxl::bench::run(&opts).unwrap()
+    } else {
+        lumen::models::sdxl::bench::run_parts(&opts, &parts.split(',').collect::<Vec<_>>()).unwrap()
+    };
+    for r in rows {
         println!(
             "bench {:<16} iters {} median {:>10.1} ms  min {:>10.1} ms  {}",
             r.name, r.iters, r.median_ms, r.min_ms, r.note

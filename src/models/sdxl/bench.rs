@@ -84,9 +84,36 @@ fn row(name: &str, iters: usize, (median, min): (f64, f64), note: String) -> Ben
     }
 }
 
+/// The parts [`run_parts`] knows.
+pub const PARTS: [&str; 4] = ["text_encoder_1", "text_encoder_2", "unet_step", "vae_decode"];
+
 /// Text encoders, one UNet step and the VAE decode at 512², batch 1, f32 on the CPU.
 /// `quick` skips the UNet (10 GB of f32 weights).
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
+    let parts: Vec<&str> = PARTS
+        .iter()
+        .copied()
+        .filter(|p| !(opts.quick && *p == "unet_step"))
+        .collect();
+    run_parts(opts, &parts)
+}
+
+/// Times `f`: one warm-up and `iters` runs, except that with `iters == 1` a single run is
+/// timed (a real-size UNet step takes minutes on a small CPU).
+fn time_it(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    if iters > 1 {
+        return measure(iters, f);
+    }
+    let start = std::time::Instant::now();
+    f()?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((ms, ms))
+}
+
+/// The named parts of [`PARTS`] only (the UNet needs the text encoders' outputs, which are
+/// computed whether or not they are timed).
+pub fn run_parts(opts: &BenchOptions, parts: &[&str]) -> Result<Vec<BenchRow>> {
+    let want = |p: &str| parts.contains(&p);
     let dev = Device::Cpu;
     let iters = opts.iters.max(1);
     let mut rows = Vec::new();
@@ -104,24 +131,28 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
 
     let cfg1: ClipTextConfig = serde_json::from_str(TEXT_ENCODER_CONFIG)?;
     let te1 = ClipTextModel::new(synth_vb(), &cfg1, false)?;
-    let t = measure(iters, || Ok(te1.forward(&ids1).map(|_| ())?))?;
-    rows.push(row("text_encoder_1", iters, t, "CLIP-L text, 77 tokens, f32".into()));
+    if want("text_encoder_1") {
+        let t = time_it(iters, || Ok(te1.forward(&ids1).map(|_| ())?))?;
+        rows.push(row("text_encoder_1", iters, t, "CLIP-L text, 77 tokens, f32".into()));
+    }
     let o1 = te1.forward(&ids1)?;
     drop(te1);
 
     let cfg2: ClipTextConfig = serde_json::from_str(TEXT_ENCODER_2_CONFIG)?;
     let te2 = ClipTextModel::new(synth_vb(), &cfg2, true)?;
-    let t = measure(iters, || Ok(te2.forward(&ids2).map(|_| ())?))?;
-    rows.push(row(
-        "text_encoder_2",
-        iters,
-        t,
-        "bigG text + projection, 77 tokens, f32".into(),
-    ));
+    if want("text_encoder_2") {
+        let t = time_it(iters, || Ok(te2.forward(&ids2).map(|_| ())?))?;
+        rows.push(row(
+            "text_encoder_2",
+            iters,
+            t,
+            "bigG text + projection, 77 tokens, f32".into(),
+        ));
+    }
     let o2 = te2.forward(&ids2)?;
     drop(te2);
 
-    if !opts.quick {
+    if want("unet_step") {
         let cfg: UNetConfig = serde_json::from_str(UNET_CONFIG)?;
         let unet = UNet::new(synth_vb(), &cfg)?;
         let context = clip::concat_features(&o1, &o2)?;
@@ -130,7 +161,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
         let sched = EulerAncestral::new(&SchedulerConfig::sdxl_turbo(), 1)?;
         let latents = (Tensor::randn(0f32, 1., (1, 4, 64, 64), &dev)? * sched.init_noise_sigma)?;
         let input = sched.scale_model_input(&latents, 0)?;
-        let t = measure(iters, || {
+        let t = time_it(iters, || {
             let added = AddedCond {
                 text_embeds: &text_embeds,
                 time_ids: &time_ids,
@@ -145,10 +176,12 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
         ));
     }
 
-    let cfg: VaeConfig = serde_json::from_str(VAE_CONFIG)?;
-    let vae = VaeDecoder::new(synth_vb(), &cfg)?;
-    let z = Tensor::randn(0f32, 1., (1, 4, 64, 64), &dev)?;
-    let t = measure(iters, || Ok(vae.decode_latents(&z).map(|_| ())?))?;
-    rows.push(row("vae_decode", iters, t, "latent 64² → image 512², f32".into()));
+    if want("vae_decode") {
+        let cfg: VaeConfig = serde_json::from_str(VAE_CONFIG)?;
+        let vae = VaeDecoder::new(synth_vb(), &cfg)?;
+        let z = Tensor::randn(0f32, 1., (1, 4, 64, 64), &dev)?;
+        let t = time_it(iters, || Ok(vae.decode_latents(&z).map(|_| ())?))?;
+        rows.push(row("vae_decode", iters, t, "latent 64² → image 512², f32".into()));
+    }
     Ok(rows)
 }
