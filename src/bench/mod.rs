@@ -46,4 +46,7 @@ pub fn measure(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, 
 pub type Suite = fn(&BenchOptions) -> Result<Vec<BenchRow>>;
 
 /// Every benchmark suite by name (`lumen bench NAME`).
-pub const SUITES: &[(&str, Suite)] = &[("sampling", sampling::run)];
+pub const SUITES: &[(&str, Suite)] = &[
+    ("sampling", sampling::run),
+    ("sdxl", crate::models::sdxl::bench::run),
+];
