@@ -342,3 +342,83 @@ fn rmbg_golden_tensor_list_matches_checkpoint() {
     );
     assert_eq!(params as u64, manifest["parameter_count"].as_u64().unwrap());
 }
+
+/// End to end from the PNG: preparation, the network at 1024² and every later step, against
+/// the recorded d1 and final image. A second 1024² forward (~30 s on 2 CPU cores), so it is
+/// opt-in: `cargo test --test rmbg_golden -- --ignored end_to_end`. Tiny float differences
+/// may flip a few u8 values at truncation boundaries, so this compares the discrete results
+/// with the end-to-end allowances of the goldens' NOTES (threshold ±1, bbox ±1 px, few pixels).
+#[test]
+#[ignore]
+fn rmbg_golden_prepare_image_end_to_end() {
+    let Some((dir, manifest)) = common::component("rmbg") else {
+        return;
+    };
+    let case = case(&manifest, "prepare_image");
+    let g = common::load_tensors(&dir.join(case["file"].as_str().unwrap()));
+    let img = image::open(dir.join(case["inputs"]["image_png"].as_str().unwrap().split(' ').next().unwrap()))
+        .unwrap()
+        .to_rgb8();
+    let size = g["d1"].dims()[2];
+    let input = prepare::model_input(&img, size, &Device::Cpu).unwrap();
+    let d1 = net(&manifest).forward_mask(&input).unwrap();
+    assert!(compare("prepare_image/d1", &d1, &g["d1"], &case["outputs"]["d1"]));
+    let p = prepare::prepare_from_mask(&img, &f32s(&d1), size, size).unwrap();
+    let want_t = f32s(&g["otsu_threshold"])[0];
+    let want_bbox: Vec<i64> = g["bbox_xywh"].to_vec1().unwrap();
+    let got_bbox = [p.bbox.x, p.bbox.y, p.bbox.w, p.bbox.h].map(|v| v as i64);
+    let alpha_diff = p
+        .alpha_u8
+        .iter()
+        .zip(u8s(&g["alpha_u8"]))
+        .filter(|(a, b)| **a != *b)
+        .count();
+    let clean_diff = p
+        .alpha_clean
+        .iter()
+        .zip(u8s(&g["alpha_clean"]))
+        .filter(|(a, b)| **a != *b)
+        .count();
+    println!(
+        "end to end: threshold {} (golden {want_t}), bbox {got_bbox:?} (golden {want_bbox:?})",
+        p.otsu_threshold
+    );
+    println!("end to end: alpha_u8 differs at {alpha_diff} px, alpha_clean at {clean_diff} px");
+    assert!((p.otsu_threshold as f32 - want_t).abs() <= 1.0);
+    assert!(got_bbox.iter().zip(&want_bbox).all(|(a, b)| (a - b).abs() <= 1));
+    if got_bbox[..] == want_bbox[..] {
+        let png = image::open(dir.join(case["output_png"].as_str().unwrap().split(' ').next().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        let got = p.image().unwrap();
+        let diff = got.as_raw().iter().zip(png.as_raw()).filter(|(a, b)| a != b).count();
+        println!(
+            "end to end: output image differs at {diff} of {} values",
+            png.as_raw().len()
+        );
+        assert!(diff <= 64, "too many differing output values: {diff}");
+    }
+}
+
+/// Runs the `rmbg` benchmark suite (what `lumen bench rmbg` runs) and prints its rows:
+/// `cargo test --test rmbg_golden -- --ignored rmbg_bench --nocapture`.
+#[test]
+#[ignore]
+fn rmbg_bench_suite() {
+    let suite = lumen::bench::SUITES
+        .iter()
+        .find(|(n, _)| *n == "rmbg")
+        .expect("rmbg suite")
+        .1;
+    let iters = std::env::var("LUMEN_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let rows = suite(&lumen::bench::BenchOptions { iters, quick: false }).unwrap();
+    for r in rows {
+        println!(
+            "{:<32} iters {}  median {:>10.1} ms  min {:>10.1} ms  {}",
+            r.name, r.iters, r.median_ms, r.min_ms, r.note
+        );
+    }
+}
