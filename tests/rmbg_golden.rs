@@ -13,8 +13,10 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use lumen::models::rmbg::prepare::{self, Rect};
-use lumen::models::rmbg::{BriaRmbg, RmbgOutput, Taps};
+use lumen::models::rmbg::{BriaRmbg, RmbgOutput, RmbgStage, Taps};
+use lumen::pipeline::Timings;
 use lumen::synth::synth_values;
+use lumen::weights::WeightsSource;
 
 /// ‖got − want‖ / ‖want − mean(want)‖ in f64.
 fn centered_rel_l2(got: &Tensor, want: &Tensor) -> f64 {
@@ -359,11 +361,34 @@ fn rmbg_golden_prepare_image_end_to_end() {
     let img = image::open(dir.join(case["inputs"]["image_png"].as_str().unwrap().split(' ').next().unwrap()))
         .unwrap()
         .to_rgb8();
-    let size = g["d1"].dims()[2];
-    let input = prepare::model_input(&img, size, &Device::Cpu).unwrap();
-    let d1 = net(&manifest).forward_mask(&input).unwrap();
-    assert!(compare("prepare_image/d1", &d1, &g["d1"], &case["outputs"]["d1"]));
-    let p = prepare::prepare_from_mask(&img, &f32s(&d1), size, size).unwrap();
+    // Through the stage as the pipeline loads it: a `--weights` folder holding the checkpoint.
+    let weights = common::tempdir();
+    std::fs::write(weights.path().join("config.json"), manifest["config"].to_string()).unwrap();
+    common::write_synth(
+        weights.path(),
+        "model.safetensors",
+        &common::specs(&manifest["tensors"]),
+    );
+    let source = WeightsSource {
+        weights_dir: Some(weights.path().to_path_buf()),
+        cache_dir: weights.path().join("no-cache"),
+        offline: true,
+    };
+    let stage = RmbgStage::load(&source, &Device::Cpu).unwrap();
+    let size = prepare::MODEL_SIZE;
+    assert_eq!(
+        g["d1"].dims(),
+        &[1, 1, size, size],
+        "the stage runs the network at 1024²"
+    );
+    let mut timings = Timings::default();
+    let d1 = stage.mask(&img, &mut timings).unwrap();
+    let d1_t = Tensor::from_vec(d1.clone(), (1, 1, size, size), &Device::Cpu).unwrap();
+    assert!(compare("prepare_image/d1", &d1_t, &g["d1"], &case["outputs"]["d1"]));
+    let p = timings
+        .time("rmbg_postprocess", || prepare::prepare_from_mask(&img, &d1, size, size))
+        .unwrap();
+    println!("end to end: timings {:?}", timings.0);
     let want_t = f32s(&g["otsu_threshold"])[0];
     let want_bbox: Vec<i64> = g["bbox_xywh"].to_vec1().unwrap();
     let got_bbox = [p.bbox.x, p.bbox.y, p.bbox.w, p.bbox.h].map(|v| v as i64);

@@ -430,7 +430,7 @@ impl RmbgStage {
     /// Resolves briaai/RMBG-1.4 (`model.safetensors`) and loads it in f32 on `device`.
     pub fn load(source: &WeightsSource, device: &Device) -> anyhow::Result<Self> {
         let repo = source.resolve(weights::RMBG, "model.safetensors")?;
-        Ok(Self::from_dir(&repo.dir, device)?)
+        Self::from_dir(&repo.dir, device)
     }
 
     /// Loads from a checkpoint folder directly (tests, benchmarks).
@@ -445,15 +445,20 @@ impl RmbgStage {
         &self.net
     }
 
-    /// Every step of the preparation, intermediates included.
-    pub fn prepare_full(&self, image: &RgbImage, timings: &mut Timings) -> anyhow::Result<prepare::Prepared> {
+    /// The network's mask d1 for `image` (resized to 1024², normalised), row-major 1024×1024.
+    pub fn mask(&self, image: &RgbImage, timings: &mut Timings) -> anyhow::Result<Vec<f32>> {
         let input = timings.time("rmbg_preprocess", || {
             prepare::model_input(image, prepare::MODEL_SIZE, &self.device)
         })?;
-        let d1 = timings.time("rmbg", || -> anyhow::Result<Vec<f32>> {
+        timings.time("rmbg", || -> anyhow::Result<Vec<f32>> {
             let m = self.net.forward_mask(&input)?;
             Ok(m.flatten_all()?.to_vec1::<f32>()?)
-        })?;
+        })
+    }
+
+    /// Every step of the preparation, intermediates included.
+    pub fn prepare_full(&self, image: &RgbImage, timings: &mut Timings) -> anyhow::Result<prepare::Prepared> {
+        let d1 = self.mask(image, timings)?;
         timings.time("rmbg_postprocess", || {
             prepare::prepare_from_mask(image, &d1, prepare::MODEL_SIZE, prepare::MODEL_SIZE)
         })
