@@ -49,4 +49,7 @@ pub type Suite = fn(&BenchOptions) -> Result<Vec<BenchRow>>;
 pub const SUITES: &[(&str, Suite)] = &[
     ("sampling", sampling::run),
     ("sdxl", crate::models::sdxl::bench::run),
+    ("rmbg", crate::models::rmbg::bench::run),
+    ("partcrafter_dit", crate::models::partcrafter::bench::run),
+    ("partcrafter_geometry", crate::models::partcrafter::extract::bench),
 ];
