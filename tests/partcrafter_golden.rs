@@ -390,3 +390,142 @@ fn partcrafter_golden_end_to_end_latents() {
     );
     assert!(timings.0.contains_key("partcrafter_sample"));
 }
+
+/// A second tiny configuration of our own (other width, heads, layers, parts, tokens, an even
+/// layer count, a global-block range, another image size): shapes end to end through the
+/// public API, seeded noise, CFG on and off.
+fn own_checkpoint(root: &Path) -> (DitConfig, Dinov2Config) {
+    let dit = serde_json::json!({
+        "num_attention_heads": 3, "width": 48, "in_channels": 6, "num_layers": 4,
+        "cross_attention_dim": 24, "max_num_parts": 8, "global_attn_block_id_range": [1, 2]
+    });
+    let enc = serde_json::json!({
+        "hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 3, "mlp_ratio": 2,
+        "patch_size": 14, "image_size": 70, "layer_norm_eps": 1e-6
+    });
+    let pre = serde_json::json!({"size": {"shortest_edge": 60}, "crop_size": {"height": 56, "width": 42}});
+    write_json(&root.join(TRANSFORMER_DIR).join("config.json"), &dit);
+    write_json(&root.join(IMAGE_ENCODER_DIR).join("config.json"), &enc);
+    write_json(&root.join(FEATURE_EXTRACTOR_DIR).join("preprocessor_config.json"), &pre);
+    let dit: DitConfig = serde_json::from_value(dit).unwrap();
+    let enc: Dinov2Config = serde_json::from_value(enc).unwrap();
+    write_synth(
+        &root.join(TRANSFORMER_DIR),
+        "diffusion_pytorch_model.safetensors",
+        &lumen::models::partcrafter::dit::tensor_specs(&dit),
+    );
+    write_synth(
+        &root.join(IMAGE_ENCODER_DIR),
+        "model.safetensors",
+        &encoder::tensor_specs(&enc),
+    );
+    (dit, enc)
+}
+
+#[test]
+fn partcrafter_golden_own_config_shapes() {
+    let tmp = common::tempdir();
+    let (dit_cfg, enc_cfg) = own_checkpoint(tmp.path());
+    let model = PartCrafterLatents::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let img = image::RgbImage::from_fn(90, 70, |x, y| image::Rgb([(x * 3) as u8, (y * 3) as u8, 128]));
+
+    let emb = model.encode_image(&img).unwrap();
+    // 56×42 crop, patch 14 → 4×3 patches + CLS.
+    assert_eq!(emb.dims(), &[1, 1 + 4 * 3, enc_cfg.hidden_size]);
+
+    let mut timings = Timings::default();
+    for (parts, guidance, ids) in [
+        (3, 4.0, PartIds::Batch),
+        (2, 1.0, PartIds::Batch),
+        (4, 2.5, PartIds::PerGroup),
+    ] {
+        let opts = SamplerOptions {
+            steps: 2,
+            guidance,
+            tokens: 5,
+            seed: 7,
+            part_ids: ids,
+        };
+        let a = model.generate(&img, parts, &opts, &mut timings).unwrap();
+        assert_eq!(a.dims(), &[parts, 5, dit_cfg.in_channels]);
+        let v: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()));
+        let b = model.generate(&img, parts, &opts, &mut timings).unwrap();
+        assert_eq!(common::rel_l2(&a, &b), 0.0, "same seed, same latents");
+        let c = model
+            .generate(
+                &img,
+                parts,
+                &SamplerOptions {
+                    seed: 8,
+                    ..opts.clone()
+                },
+                &mut timings,
+            )
+            .unwrap();
+        assert!(common::rel_l2(&a, &c) > 1e-3, "another seed, other latents");
+        println!(
+            "own config: {parts} parts, guidance {guidance}, {ids:?}: latents {:?} ok",
+            a.dims()
+        );
+    }
+    // 5 parts under CFG with Batch ids needs 10 embeddings; this config has 8.
+    let opts = SamplerOptions {
+        steps: 1,
+        tokens: 5,
+        ..SamplerOptions::default()
+    };
+    let err = model.generate(&img, 5, &opts, &mut timings).unwrap_err();
+    println!("5 parts with 8 embeddings: {err:#}");
+    assert!(format!("{err:#}").contains("part id 9"));
+    let err = model.generate(&img, 17, &opts, &mut timings).unwrap_err();
+    assert!(format!("{err:#}").contains("--parts"));
+}
+
+/// Missing tensor, wrong shape, wrong dtype and missing file each fail with a message that
+/// names the tensor (and both shapes) or the file.
+#[test]
+fn partcrafter_golden_checkpoint_errors() {
+    let tmp = common::tempdir();
+    let (dit_cfg, _) = own_checkpoint(tmp.path());
+    let dir = tmp.path().join(TRANSFORMER_DIR);
+    let file = "diffusion_pytorch_model.safetensors";
+    let base = lumen::models::partcrafter::dit::tensor_specs(&dit_cfg);
+    let load_err = || {
+        format!(
+            "{:#}",
+            PartCrafterLatents::load(tmp.path(), &Device::Cpu, DType::F32)
+                .err()
+                .expect("load must fail")
+        )
+    };
+
+    let missing: Vec<_> = base
+        .iter()
+        .filter(|s| s.name != "blocks.1.attn2.to_k.weight")
+        .cloned()
+        .collect();
+    write_synth(&dir, file, &missing);
+    let e = load_err();
+    println!("missing tensor: {e}");
+    assert!(e.contains("blocks.1.attn2.to_k.weight"));
+
+    let mut wrong = base.clone();
+    wrong.iter_mut().find(|s| s.name == "proj_in.weight").unwrap().shape = vec![48, 7];
+    write_synth(&dir, file, &wrong);
+    let e = load_err();
+    println!("wrong shape: {e}");
+    assert!(e.contains("proj_in.weight") && e.contains("[48, 7]") && e.contains("[48, 6]"));
+
+    let mut int = base.clone();
+    int.iter_mut().find(|s| s.name == "norm_out.bias").unwrap().dtype = "int64".into();
+    write_synth(&dir, file, &int);
+    let e = load_err();
+    println!("wrong dtype: {e}");
+    assert!(e.contains("norm_out.bias") && e.contains("I64"));
+
+    std::fs::remove_file(dir.join(file)).unwrap();
+    let e = load_err();
+    println!("missing file: {e}");
+    assert!(e.contains("safetensors") && e.contains(TRANSFORMER_DIR));
+}
