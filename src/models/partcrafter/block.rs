@@ -155,32 +155,57 @@ impl Attention {
             .contiguous()
     }
 
-    /// `x`: (B, L, D) normed hidden states; `ctx`: (B, M, C) for cross-attention.
-    pub fn forward(&self, x: &Tensor, ctx: Option<&Tensor>, scope: AttnScope) -> Result<Tensor> {
-        let (b, l, d) = x.dims3()?;
-        let (h, hd) = (self.heads, self.head_dim);
-        let kv_src = match (ctx, scope) {
-            (None, _) => x.clone(),
-            (Some(c), AttnScope::Local) => c.clone(),
-            // Only the first row of each group is used: project just those rows.
-            (Some(c), AttnScope::Global { num_parts }) => {
-                let (bc, m, cd) = c.dims3()?;
-                c.reshape((bc / num_parts, num_parts, m, cd))?
+    /// Keys and values of a cross-attention over `ctx` (B, M, C), each (B', heads, M, hd),
+    /// k already RMS-normed. B' = B for local scope, B / num_parts for global scope (the
+    /// reference's `k[::num_parts]`: only the first row of each group is used, so only those
+    /// rows are projected). They depend on the conditioning only, so the sampler computes
+    /// them once for all steps.
+    pub fn cross_kv(&self, ctx: &Tensor, scope: AttnScope) -> Result<(Tensor, Tensor)> {
+        let src = match scope {
+            AttnScope::Local => ctx.clone(),
+            AttnScope::Global { num_parts } => {
+                let (bc, m, cd) = ctx.dims3()?;
+                check_scope(bc, scope)?;
+                ctx.reshape((bc / num_parts, num_parts, m, cd))?
                     .narrow(1, 0, 1)?
                     .squeeze(1)?
             }
         };
-        let mut q = self.heads_of(&self.to_q.forward(x)?)?;
-        let mut k = self.heads_of(&self.to_k.forward(&kv_src)?)?;
-        let v = self.heads_of(&self.to_v.forward(&kv_src)?)?;
-        if let (Some(nq), Some(nk)) = (&self.norm_q, &self.norm_k) {
-            q = nq.forward(&q)?;
+        let mut k = self.heads_of(&self.to_k.forward(&src)?)?;
+        let v = self.heads_of(&self.to_v.forward(&src)?)?;
+        if let Some(nk) = &self.norm_k {
             k = nk.forward(&k)?;
+        }
+        Ok((k, v))
+    }
+
+    /// Self-attention over `x` (B, L, D), normed hidden states.
+    pub fn forward_self(&self, x: &Tensor, scope: AttnScope) -> Result<Tensor> {
+        let mut k = self.heads_of(&self.to_k.forward(x)?)?;
+        let v = self.heads_of(&self.to_v.forward(x)?)?;
+        if let Some(nk) = &self.norm_k {
+            k = nk.forward(&k)?;
+        }
+        self.attend(x, &k, &v, scope, true)
+    }
+
+    /// Cross-attention of `x` (B, L, D) to keys/values from [`cross_kv`](Self::cross_kv).
+    pub fn forward_cross(&self, x: &Tensor, kv: &(Tensor, Tensor), scope: AttnScope) -> Result<Tensor> {
+        self.attend(x, &kv.0, &kv.1, scope, false)
+    }
+
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, scope: AttnScope, is_self: bool) -> Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let (h, hd) = (self.heads, self.head_dim);
+        let mut q = self.heads_of(&self.to_q.forward(x)?)?;
+        if let Some(nq) = &self.norm_q {
+            q = nq.forward(&q)?;
         }
         let scale = 1.0 / (hd as f64).sqrt();
         let out = match scope {
-            AttnScope::Local => attention(&q, &k, &v, scale, false)?,
+            AttnScope::Local => attention(&q, k, v, scale, false)?,
             AttnScope::Global { num_parts: n } => {
+                check_scope(b, scope)?;
                 let g = b / n;
                 // (g·n, h, l, hd) → (g, h, n·l, hd), part-major along the sequence.
                 let group = |t: &Tensor| -> Result<Tensor> {
@@ -190,12 +215,11 @@ impl Attention {
                         .reshape((g, h, n * lt, hd))
                 };
                 let qg = group(&q)?.contiguous()?;
-                let (kg, vg) = if ctx.is_none() {
-                    (group(&k)?.contiguous()?, group(&v)?.contiguous()?)
+                let o = if is_self {
+                    attention(&qg, &group(k)?.contiguous()?, &group(v)?.contiguous()?, scale, false)?
                 } else {
-                    (k, v)
+                    attention(&qg, k, v, scale, false)?
                 };
-                let o = attention(&qg, &kg, &vg, scale, false)?;
                 o.reshape((g, h, n, l, hd))?.transpose(1, 2)?.reshape((b, h, l, hd))?
             }
         };
@@ -256,8 +280,20 @@ impl DiTBlock {
         self.skip.is_some()
     }
 
-    /// `x`: (B, L, D); `cond`: (B, M, C); `skip`: the matching earlier block's output.
-    pub fn forward(&self, x: &Tensor, cond: &Tensor, skip: Option<&Tensor>, scope: AttnScope) -> Result<Tensor> {
+    /// Cross-attention keys/values of the conditioning (B, M, C) for this block's scope.
+    pub fn cross_kv(&self, cond: &Tensor, scope: AttnScope) -> Result<(Tensor, Tensor)> {
+        self.attn2.cross_kv(cond, scope)
+    }
+
+    /// `x`: (B, L, D); `cond_kv`: from [`cross_kv`](Self::cross_kv) with the same scope;
+    /// `skip`: the matching earlier block's output.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cond_kv: &(Tensor, Tensor),
+        skip: Option<&Tensor>,
+        scope: AttnScope,
+    ) -> Result<Tensor> {
         check_scope(x.dim(0)?, scope)?;
         let mut x = x.clone();
         match (&self.skip, skip) {
@@ -270,8 +306,8 @@ impl DiTBlock {
             (Some(_), None) => candle_core::bail!("block with a long skip called without one"),
             (None, Some(_)) => candle_core::bail!("block without a long skip given one"),
         }
-        x = (&x + self.attn1.forward(&self.norm1.forward(&x)?, None, scope)?)?;
-        x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, Some(cond), scope)?)?;
+        x = (&x + self.attn1.forward_self(&self.norm1.forward(&x)?, scope)?)?;
+        x = (&x + self.attn2.forward_cross(&self.norm2.forward(&x)?, cond_kv, scope)?)?;
         let h = self
             .ff_out
             .forward(&self.ff_in.forward(&self.norm3.forward(&x)?)?.gelu_erf()?)?;

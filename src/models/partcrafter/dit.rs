@@ -70,18 +70,19 @@ impl DitConfig {
         }
     }
 
-    /// Multiply-adds ×2 of one forward over `rows` part-rows of `tokens` latent tokens with
-    /// `cond_len` conditioning tokens, `num_parts` parts per global group. Linear layers and
-    /// attention matmuls only (norms, softmax, GELU are < 1 %).
+    /// FLOPs (2 per multiply-add) of one forward as the reference computes it, over `rows`
+    /// part-rows of `tokens` latent tokens, `num_parts` parts per global group, `cond_len`
+    /// conditioning tokens. Linear layers and attention matmuls only (norms, softmax, GELU
+    /// are < 1 %). Includes [`cond_flops`](Self::cond_flops).
     pub fn flops(&self, rows: usize, num_parts: usize, tokens: usize, cond_len: usize) -> f64 {
-        let (d, c) = (self.width as f64, self.cross_attention_dim as f64);
+        let d = self.width as f64;
         let l = (tokens + 1) as f64;
         let m = cond_len as f64;
         let global = self.global_blocks();
         let mut per_row = 0.0;
         for i in 0..self.num_layers {
             per_row += 8.0 * l * d * d; // self q, k, v, out
-            per_row += 4.0 * l * d * d + 4.0 * m * c * d; // cross q, out; k, v
+            per_row += 4.0 * l * d * d; // cross q, out
             per_row += 16.0 * l * d * d; // MLP
             per_row += 4.0 * l * m * d; // cross scores + values
             let keys = if global.contains(&i) { num_parts as f64 * l } else { l };
@@ -91,8 +92,26 @@ impl DitConfig {
             }
         }
         let cin = self.in_channels as f64;
-        per_row += 2.0 * tokens as f64 * cin * d * 2.0 + 2.0 * (d * 4.0 * d * 2.0); // proj_in/out, time MLP
-        per_row * rows as f64
+        per_row += 4.0 * tokens as f64 * cin * d + 16.0 * d * d; // proj_in + proj_out, time MLP
+        per_row * rows as f64 + self.cond_flops(rows, num_parts, cond_len, true)
+    }
+
+    /// FLOPs of the cross-attention keys/values of the conditioning: every row in every block
+    /// as the reference does (`reference = true`), or what [`PartCrafterDit::prepare_cond`]
+    /// computes once per sampling run (first row of each group only in global blocks).
+    pub fn cond_flops(&self, rows: usize, num_parts: usize, cond_len: usize, reference: bool) -> f64 {
+        let per_row = 4.0 * cond_len as f64 * self.cross_attention_dim as f64 * self.width as f64;
+        let global = self.global_blocks();
+        (0..self.num_layers)
+            .map(|i| {
+                let r = if global.contains(&i) && !reference {
+                    rows / num_parts.max(1)
+                } else {
+                    rows
+                };
+                per_row * r as f64
+            })
+            .sum()
     }
 }
 
@@ -187,6 +206,52 @@ impl PartCrafterDit {
         self.proj_in.weight().device()
     }
 
+    fn scope(&self, block: usize, num_parts: usize) -> AttnScope {
+        if self.global[block] {
+            AttnScope::Global { num_parts }
+        } else {
+            AttnScope::Local
+        }
+    }
+
+    /// Per-block cross-attention keys/values of the conditioning `cond` (B, M,
+    /// cross_attention_dim). They do not depend on the latents or the timestep, so a sampling
+    /// loop computes them once (the reference recomputes them every step: same numbers).
+    pub fn prepare_cond(&self, cond: &Tensor, num_parts: usize) -> Result<CondCache> {
+        let (b, m, cd) = cond.dims3()?;
+        if cd != self.cfg.cross_attention_dim {
+            candle_core::bail!(
+                "conditioning width {cd} but the DiT expects {}",
+                self.cfg.cross_attention_dim
+            );
+        }
+        if num_parts == 0 || b % num_parts != 0 {
+            candle_core::bail!("batch of {b} rows is not a whole number of {num_parts}-part groups");
+        }
+        let cond = cond.to_dtype(self.dtype())?;
+        // Blocks whose kind has cross-attention disabled see zero conditioning.
+        let zeros = cond.zeros_like()?;
+        let kv = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, block)| {
+                let off = if self.global[i] {
+                    !self.cfg.enable_global_cross_attn
+                } else {
+                    !self.cfg.enable_local_cross_attn
+                };
+                block.cross_kv(if off { &zeros } else { &cond }, self.scope(i, num_parts))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CondCache {
+            kv,
+            rows: b,
+            cond_len: m,
+            num_parts,
+        })
+    }
+
     /// `x`: (B, T, in_channels) latents; `t`: (B,) timesteps (1000·σ); `cond`: (B, M,
     /// cross_attention_dim); B a multiple of `num_parts` (B = 2N under CFG). → (B, T, in).
     pub fn forward(&self, x: &Tensor, t: &Tensor, cond: &Tensor, num_parts: usize, ids: PartIds) -> Result<Tensor> {
@@ -200,39 +265,42 @@ impl PartCrafterDit {
         cond: &Tensor,
         num_parts: usize,
         ids: PartIds,
+        trace: Option<&mut DitTrace>,
+    ) -> Result<Tensor> {
+        let cache = self.prepare_cond(cond, num_parts)?;
+        self.forward_cached(x, t, &cache, ids, trace)
+    }
+
+    /// As [`forward`](Self::forward) with the conditioning prepared by
+    /// [`prepare_cond`](Self::prepare_cond).
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &CondCache,
+        ids: PartIds,
         mut trace: Option<&mut DitTrace>,
     ) -> Result<Tensor> {
         let (b, tokens, cin) = x.dims3()?;
-        let d = self.cfg.width;
+        let num_parts = cond.num_parts;
         if cin != self.cfg.in_channels {
             candle_core::bail!("latents have {cin} channels, the DiT expects {}", self.cfg.in_channels);
         }
-        if t.dims1()? != b || cond.dim(0)? != b {
+        if t.dims1()? != b || cond.rows != b {
             candle_core::bail!(
                 "batch mismatch: latents {b}, timesteps {}, conditioning {}",
                 t.dim(0)?,
-                cond.dim(0)?
+                cond.rows
             );
-        }
-        if cond.dim(2)? != self.cfg.cross_attention_dim {
-            candle_core::bail!(
-                "conditioning width {} but the DiT expects {}",
-                cond.dim(2)?,
-                self.cfg.cross_attention_dim
-            );
-        }
-        if num_parts == 0 || b % num_parts != 0 {
-            candle_core::bail!("batch of {b} rows is not a whole number of {num_parts}-part groups");
         }
         // The reference tells self from cross attention by sequence lengths.
-        if cond.dim(1)? == tokens + 1 {
+        if cond.cond_len == tokens + 1 {
             candle_core::bail!("conditioning length equals the token count + 1, which the reference cannot tell apart");
         }
         let dtype = self.dtype();
         let x = x.to_dtype(dtype)?;
-        let cond = cond.to_dtype(dtype)?;
 
-        let temb = timestep_embedding(t, d)?.to_dtype(dtype)?;
+        let temb = timestep_embedding(t, self.cfg.width)?.to_dtype(dtype)?;
         let temb = self.time_2.forward(&self.time_1.forward(&temb)?.gelu_erf()?)?;
         if let Some(tr) = trace.as_deref_mut() {
             tr.temb = Some(temb.clone());
@@ -256,11 +324,6 @@ impl PartCrafterDit {
             h = h.broadcast_add(&table.index_select(&idx, 0)?.unsqueeze(1)?)?;
         }
 
-        let zeros = if self.cfg.enable_local_cross_attn && self.cfg.enable_global_cross_attn {
-            None
-        } else {
-            Some(cond.zeros_like()?)
-        };
         let mut skips: Vec<Tensor> = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             let skip = if block.has_skip() {
@@ -272,19 +335,7 @@ impl PartCrafterDit {
             } else {
                 None
             };
-            let global = self.global[i];
-            // Blocks whose kind has cross-attention disabled see zero conditioning.
-            let c = match (&zeros, global) {
-                (Some(z), false) if !self.cfg.enable_local_cross_attn => z,
-                (Some(z), true) if !self.cfg.enable_global_cross_attn => z,
-                _ => &cond,
-            };
-            let scope = if global {
-                AttnScope::Global { num_parts }
-            } else {
-                AttnScope::Local
-            };
-            h = block.forward(&h, c, skip.as_ref(), scope)?;
+            h = block.forward(&h, &cond.kv[i], skip.as_ref(), self.scope(i, num_parts))?;
             if i < self.cfg.num_layers / 2 {
                 skips.push(h.clone());
             }
@@ -298,6 +349,15 @@ impl PartCrafterDit {
         }
         self.proj_out.forward(&h.narrow(1, 1, tokens)?)
     }
+}
+
+/// Cross-attention keys/values of one conditioning batch for every block
+/// ([`PartCrafterDit::prepare_cond`]).
+pub struct CondCache {
+    kv: Vec<(Tensor, Tensor)>,
+    rows: usize,
+    cond_len: usize,
+    num_parts: usize,
 }
 
 /// Sinusoidal timestep embedding as diffusers' `Timesteps(dim, flip_sin_to_cos=False,

@@ -6,6 +6,7 @@
 //! folder laid out like the hub repo (`transformer/`, `image_encoder_dinov2/`,
 //! `feature_extractor_dinov2/`, `scheduler/`).
 
+pub mod bench;
 pub mod block;
 pub mod dit;
 pub mod encoder;

@@ -94,6 +94,7 @@ pub fn sample(
     .to_dtype(dtype)?;
     let rows = if cfg { 2 * n } else { n };
 
+    let cond = dit.prepare_cond(&cond, n)?;
     let schedule = scheduler.schedule(steps)?;
     if let Some(tr) = trace.as_deref_mut() {
         tr.schedule = Some(schedule.clone());
@@ -102,7 +103,7 @@ pub fn sample(
     for i in 0..steps {
         let t = Tensor::full(schedule.timesteps[i], rows, x.device())?;
         let x_in = if cfg { Tensor::cat(&[&x, &x], 0)? } else { x.clone() };
-        let v_all = dit.forward(&x_in.to_dtype(dtype)?, &t, &cond, n, part_ids)?;
+        let v_all = dit.forward_cached(&x_in.to_dtype(dtype)?, &t, &cond, part_ids, None)?;
         let v_all = v_all.to_dtype(DType::F32)?;
         let v = if cfg {
             let u = v_all.narrow(0, 0, n)?;
