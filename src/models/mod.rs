@@ -1,1 +1,2 @@
 //! Model ports to candle, one module per model; each mirrors its checkpoint's tensor names.
+pub mod partcrafter;

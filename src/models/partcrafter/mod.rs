@@ -1,0 +1,2 @@
+pub mod extract;
+pub mod vae;
