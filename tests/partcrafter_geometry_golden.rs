@@ -453,15 +453,19 @@ fn shares(s: &[([f32; 3], usize)], parts: usize) -> Vec<f64> {
 }
 
 const CLOUD: usize = 2048;
+/// 4σ of the difference of two independent binomial shares of 2048 points at p = 1/3.
+const SHARE_TOL: f64 = 0.042;
 
-/// Fast vs reference on one object: returns (Chamfer fast↔ref, Chamfer ref↔ref resampled,
-/// max share difference, decode counts).
+/// Fast vs reference on one object. Returns the symmetric Chamfer distance between 2048-point
+/// clouds of the two modes, the same distance between two independent clouds of the reference
+/// (the sampling floor), the largest difference of per-part area shares (the sampler's expected
+/// point shares) and the largest difference of sampled point shares.
 fn compare_modes(
     label: &str,
     fields: &mut [Box<dyn FnMut(&[[f32; 3]]) -> anyhow::Result<Vec<f32>> + '_>],
     reference: &ExtractOptions,
     fast: &ExtractOptions,
-) -> (f64, f64, f64) {
+) -> (f64, f64, f64, f64) {
     let mut ref_meshes = vec![];
     let mut fast_meshes = vec![];
     let (mut ref_count, mut fast_count) = (0, 0);
@@ -483,13 +487,17 @@ fn compare_modes(
     let area_ref: Vec<f64> = ref_meshes.iter().map(|m| m.area()).collect();
     let area_fast: Vec<f64> = fast_meshes.iter().map(|m| m.area()).collect();
     let dshare = sa.iter().zip(&sb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let frac = |a: &[f64]| a.iter().map(|x| x / a.iter().sum::<f64>()).collect::<Vec<_>>();
+    let (fa, fb) = (frac(&area_ref), frac(&area_fast));
+    let darea = fa.iter().zip(&fb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     println!(
         "{label}: decoded points reference {ref_count} fast {fast_count} ({:.1}x fewer); \
          Chamfer(fast, ref) {cd:.5} vs resampling floor Chamfer(ref, ref') {floor:.5}; \
-         shares ref {sa:.3?} fast {sb:.3?} (max |Δ| {dshare:.3}); areas ref {area_ref:.4?} fast {area_fast:.4?}",
+         sampled shares ref {sa:.3?} fast {sb:.3?} (max |Δ| {dshare:.3}); \
+         area shares ref {fa:.4?} fast {fb:.4?} (max |Δ| {darea:.4}); areas ref {area_ref:.4?} fast {area_fast:.4?}",
         ref_count as f64 / fast_count as f64
     );
-    (cd, floor, dshare)
+    (cd, floor, darea, dshare)
 }
 
 /// Fast mode against reference mode: the goldens' latents (random-weight decoder, a noisy
@@ -521,12 +529,17 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
             Box::new(move |pts: &[[f32; 3]]| d.decode_points(part, pts, CrossAttention::Full)) as Box<_>
         })
         .collect();
-    let (cd, floor, dshare) = compare_modes("golden latents", &mut fields, &reference, &fast);
+    let (cd, floor, darea, dshare) = compare_modes("golden latents", &mut fields, &reference, &fast);
+    // Thresholds (BENCHMARKS.md): Chamfer within 1.5× the sampling floor; sampled shares within
+    // 4σ of two binomial draws of 2048; area shares within 0.02 here because this noise field has
+    // surface in the last cell layer [b − h, b], which fast mode covers and the reference grid
+    // does not.
     assert!(
         cd <= 1.5 * floor,
         "fast mode drifts from the reference on the goldens' latents"
     );
-    assert!(dshare <= 0.05);
+    assert!(darea <= 0.02);
+    assert!(dshare <= SHARE_TOL);
 
     // Analytic SDFs (unit slope, like the trained decoder): a sphere, a box and a torus as three
     // parts of one object; the reference at depths 6/7 and fast at 7 from a 2^4 start.
@@ -557,15 +570,59 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
         Box::new(move |pts: &[[f32; 3]]| Ok(pts.iter().map(boxf).collect())),
         Box::new(move |pts: &[[f32; 3]]| Ok(pts.iter().map(torus).collect())),
     ];
-    let (cd, floor, dshare) = compare_modes("analytic sphere+box+torus", &mut analytic, &reference, &fast);
+    let (cd, floor, darea, dshare) = compare_modes("analytic sphere+box+torus", &mut analytic, &reference, &fast);
     assert!(
         cd <= 1.5 * floor,
         "fast mode drifts from the reference on analytic parts"
     );
-    assert!(dshare <= 0.03);
+    assert!(darea <= 0.002);
+    assert!(dshare <= SHARE_TOL);
 
     // The goldens' own analytic case: the steep sphere 60·(0.6 − |x|).
     let mut steep: Vec<Box<dyn FnMut(&[[f32; 3]]) -> anyhow::Result<Vec<f32>>>> = vec![Box::new(sphere_field)];
-    let (cd, floor, _) = compare_modes("analytic steep sphere", &mut steep, &reference, &fast);
+    let (cd, floor, _, _) = compare_modes("analytic steep sphere", &mut steep, &reference, &fast);
     assert!(cd <= 1.5 * floor);
+}
+
+/// The `partcrafter_geometry` bench suite, for machines where `lumen bench` is not wired yet:
+/// `cargo test --test partcrafter_geometry_golden bench -- --ignored --nocapture`
+/// (`LUMEN_BENCH_QUICK=1` for reduced sizes).
+#[test]
+#[ignore]
+fn partcrafter_geometry_bench() {
+    let opts = lumen::bench::BenchOptions {
+        iters: std::env::var("LUMEN_BENCH_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        quick: std::env::var("LUMEN_BENCH_QUICK").is_ok_and(|v| v == "1"),
+    };
+    for r in lumen::models::partcrafter::extract::bench(&opts).unwrap() {
+        println!(
+            "{:<32} iters {:>2}  median {:>10.1} ms  min {:>10.1} ms  {}",
+            r.name, r.iters, r.median_ms, r.min_ms, r.note
+        );
+    }
+}
+
+/// A part without a surface (field never crosses 0 in the box) is an error in both modes, so the
+/// pipeline drops it instead of sampling a placeholder.
+#[test]
+fn partcrafter_geometry_golden_empty_part_fails() {
+    for mode in [ExtractMode::Reference, ExtractMode::Fast] {
+        let opts = ExtractOptions {
+            mode,
+            dense_octree_depth: 3,
+            hierarchical_octree_depth: 4,
+            fast_coarse_depth: 2,
+            fast_depth: 4,
+            ..Default::default()
+        };
+        for value in [-1.0f32, 1.0] {
+            let mut field = |p: &[[f32; 3]]| Ok(vec![value; p.len()]);
+            let err = extract_field(&mut field, &opts).unwrap_err();
+            println!("{mode:?}, constant field {value}: {err}");
+            assert!(err.to_string().contains("no surface"));
+        }
+    }
 }

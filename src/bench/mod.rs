@@ -44,4 +44,4 @@ pub fn measure(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, 
 pub type Suite = fn(&BenchOptions) -> Result<Vec<BenchRow>>;
 
 /// Every benchmark suite by name (`lumen bench NAME`).
-pub const SUITES: &[(&str, Suite)] = &[];
+pub const SUITES: &[(&str, Suite)] = &[("partcrafter_geometry", crate::models::partcrafter::extract::bench)];

@@ -12,18 +12,21 @@
 //!
 //! - [`ExtractMode::Fast`] (default) decodes only near the surface, on one nested lattice of
 //!   2^D cells per axis (node j at −b + j·2b/2^D, so every coarser level's nodes are reused):
-//!   a dense 2^c grid first, then each level keeps the cells that may hold the surface — a sign
-//!   change among the corners, or a corner closer to the level than the field can travel
-//!   across the cell, `min|f| ≤ band · L · diagonal`, with L the largest slope seen on the
-//!   coarse grid's edges (≈ 1 for a true SDF) — dilates them by one cell and subdivides. Only
-//!   the corners of the kept cells are decoded; marching cubes runs on the final sign-change
-//!   cells. The decode count grows with the surface area (∝ 4^D), not the volume (∝ 8^D).
+//!   a dense 2^c grid first, then each level keeps the cells that may hold the surface and
+//!   subdivides them. A cell may hold the surface when its corners change sign, or when every
+//!   corner is within reach of the level: if the surface passes through the cell, each corner
+//!   lies within one cell diagonal of it, so for a field of slope at most L,
+//!   `max|f(corner)| ≤ L · diagonal` (this catches thin parts that no corner sees). L is the
+//!   largest slope seen along the coarse grid's edges (≈ 1 for a true SDF), times a safety
+//!   factor `fast_band`, and kept cells get `fast_dilate` cells of margin. Only the corners of
+//!   the kept cells are decoded; marching cubes runs on the final sign-change cells. The decode count grows with the surface area (∝ 4^D), not the volume (∝ 8^D).
 //!   D defaults to 8 (the reference's dense spacing, 0.0079), ample for 2048 surface samples.
 //!
 //! A part whose field never crosses the level, or whose surface has no area, is an error: the
 //! pipeline drops it instead of sampling a placeholder.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -32,6 +35,27 @@ use super::vae::{CrossAttention, SdfDecoder};
 use crate::geometry::marching_cubes::{marching_cubes_cells, marching_cubes_dense};
 use crate::geometry::mesh::TriMesh;
 use crate::pipeline::{PartOutcome, Timings};
+
+/// Multiplicative hashing of lattice keys (std's SipHash is needlessly slow for these).
+#[derive(Default)]
+struct NodeHasher(u64);
+
+impl Hasher for NodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (x ^ (x >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 ^= self.0 >> 32;
+    }
+}
+
+type NodeHash = BuildHasherDefault<NodeHasher>;
 
 /// Points handed to the field per call (the decoder chunks further inside).
 pub const FIELD_BATCH: usize = 1 << 18;
@@ -61,8 +85,10 @@ pub struct ExtractOptions {
     pub fast_coarse_depth: u32,
     /// Fast: depth of the final lattice (2^D cells per axis).
     pub fast_depth: u32,
-    /// Fast: safety factor on the "can the surface be in this cell" test.
+    /// Fast: safety factor on the slope estimate of the "can the surface be in this cell" test.
     pub fast_band: f32,
+    /// Fast: cells of margin added around the kept cells at each level.
+    pub fast_dilate: u32,
     /// Cross-attention of the field's first call (the pipeline's top-k quirk applies to the
     /// first decode of part 0 only; exact attention is the default).
     pub first_call_attention: CrossAttention,
@@ -79,6 +105,7 @@ impl Default for ExtractOptions {
             fast_coarse_depth: 5,
             fast_depth: 8,
             fast_band: 1.0,
+            fast_dilate: 1,
             first_call_attention: CrossAttention::Full,
         }
     }
@@ -356,10 +383,10 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
     let h = 2.0 * b / cells as f64;
     let coord = |j: u32| (-b + j as f64 * h) as f32;
     let key = |i: u32, j: u32, k: u32| (i as u64 * nodes + j as u64) * nodes + k as u64;
-    let mut values: HashMap<u64, f32> = HashMap::new();
+    let mut values: HashMap<u64, f32, NodeHash> = HashMap::default();
     let mut decoded = 0usize;
 
-    let mut decode = |keys: Vec<[u32; 3]>, values: &mut HashMap<u64, f32>| -> Result<()> {
+    let mut decode = |keys: Vec<[u32; 3]>, values: &mut HashMap<u64, f32, NodeHash>| -> Result<()> {
         decoded += keys.len();
         evaluate_batched(
             field,
@@ -444,24 +471,25 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
             .filter(|&cell| {
                 let f = corners(cell, s).map(get);
                 let sign_change = f.iter().any(|&x| x > 0.0) && f.iter().any(|&x| x <= 0.0);
-                sign_change || f.iter().any(|x| x.abs() <= reach)
+                sign_change || f.iter().all(|x| x.abs() <= reach)
             })
             .collect();
-        // One cell of margin around every kept cell, then split each into 8.
+        // Margin around every kept cell, then split each into 8.
         let per_axis = cells / s;
-        let mut next: HashSet<[u32; 3]> = HashSet::with_capacity(kept.len() * 16);
+        let r = opts.fast_dilate as i64;
+        let mut next: Vec<[u32; 3]> = Vec::with_capacity(kept.len() * 8 * (2 * r as usize + 1).pow(3));
         for cell in kept {
             let g = cell.map(|x| x / s);
-            for di in -1i64..=1 {
-                for dj in -1i64..=1 {
-                    for dk in -1i64..=1 {
+            for di in -r..=r {
+                for dj in -r..=r {
+                    for dk in -r..=r {
                         let q = [g[0] as i64 + di, g[1] as i64 + dj, g[2] as i64 + dk];
                         if q.iter().any(|&x| x < 0 || x >= per_axis as i64) {
                             continue;
                         }
                         let half = s / 2;
                         for o in 0..8u32 {
-                            next.insert([
+                            next.push([
                                 q[0] as u32 * s + half * (o & 1),
                                 q[1] as u32 * s + half * ((o >> 1) & 1),
                                 q[2] as u32 * s + half * ((o >> 2) & 1),
@@ -472,7 +500,182 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
             }
         }
         s /= 2;
-        active = next.into_iter().collect();
-        active.sort_unstable();
+        next.sort_unstable();
+        next.dedup();
+        active = next;
     }
+}
+
+/// `lumen bench partcrafter_geometry`: decoder throughput at the released size (synthetic
+/// weights), and what each extraction mode decodes and costs for one part at released settings.
+pub fn bench(opts: &crate::bench::BenchOptions) -> Result<Vec<crate::bench::BenchRow>> {
+    use crate::bench::{measure, BenchRow};
+    use crate::models::partcrafter::vae::VaeConfig;
+    use candle_core::{DType, Device};
+
+    let row = |name: &str, iters: usize, (median_ms, min_ms): (f64, f64), note: String| BenchRow {
+        suite: "partcrafter_geometry".into(),
+        name: name.into(),
+        iters,
+        median_ms,
+        min_ms,
+        note,
+    };
+    let mut rows = vec![];
+
+    // 1. Decoder at the released size, synthetic weights written as a real `vae/` folder.
+    let cfg = VaeConfig::released();
+    let dir = std::env::temp_dir().join(format!("lumen-bench-vae-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = serde_json::json!({
+        "_class_name": "TripoSGVAEModel",
+        "latent_channels": cfg.latent_channels,
+        "num_attention_heads": cfg.num_attention_heads,
+        "width_decoder": cfg.width_decoder,
+        "num_layers_decoder": cfg.num_layers_decoder,
+        "embedding_type": cfg.embedding_type,
+        "embed_frequency": cfg.embed_frequency,
+        "embed_include_pi": cfg.embed_include_pi,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string())?;
+    crate::synth::write_synthetic_safetensors(
+        &cfg.decoder_tensor_specs(),
+        None,
+        &dir.join("diffusion_pytorch_model.safetensors"),
+    )?;
+    let decoder = SdfDecoder::load(&dir, &Device::Cpu, DType::F32);
+    std::fs::remove_dir_all(&dir).ok();
+    let decoder = decoder?;
+    let tokens = 1024; // the inference script's num_tokens
+    let mut rng = crate::rng::Rng::derive(0, "bench-latents");
+    let latents = Tensor::from_vec(
+        rng.normal_vec(tokens * cfg.latent_channels),
+        (tokens, cfg.latent_channels),
+        &Device::Cpu,
+    )?;
+    let iters = opts.iters.max(1);
+    let mut part = None;
+    let t = measure(iters, || {
+        part = Some(decoder.prepare(&latents)?);
+        Ok(())
+    })?;
+    rows.push(row(
+        "decoder trunk (once per part)",
+        iters,
+        t,
+        format!(
+            "released size: {} self-attention blocks, width {}, {tokens} tokens; f32 CPU",
+            cfg.num_layers_decoder, cfg.width_decoder
+        ),
+    ));
+    let part = part.expect("measured at least once");
+    let n_points = if opts.quick { 1024 } else { 8192 };
+    let pts: Vec<[f32; 3]> = (0..n_points)
+        .map(|_| std::array::from_fn(|_| (rng.uniform() * 2.0 - 1.0) as f32))
+        .collect();
+    let t = measure(iters, || {
+        decoder.decode_points(&part, &pts, CrossAttention::Full)?;
+        Ok(())
+    })?;
+    let (w, tk) = (cfg.width_decoder as f64, tokens as f64);
+    let flop_per_point = 20.0 * w * w + 4.0 * tk * w + 2.0 * (cfg.embed_dim() as f64 + 1.0) * w;
+    let per_s = n_points as f64 / (t.0 / 1e3);
+    rows.push(row(
+        "decode query points",
+        iters,
+        t,
+        format!(
+            "{n_points} points: {per_s:.0} points/s, {:.1} GFLOP/s ({:.1} MFLOP/point); f32 CPU",
+            per_s * flop_per_point / 1e9,
+            flop_per_point / 1e6
+        ),
+    ));
+
+    // 2. Extraction at released settings on an analytic unit-slope SDF (a sphere of radius 0.6,
+    // in the range a trained SDF takes), so the counts and the non-decoding time are measured
+    // without hours of decoding. Projected decode time uses the throughput above.
+    let sdf = |p: &[[f32; 3]]| -> Result<Vec<f32>> {
+        Ok(p.iter()
+            .map(|x| 0.6 - (x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).sqrt())
+            .collect())
+    };
+    let (d0, d1) = if opts.quick { (6, 7) } else { (8, 9) };
+    let reference = ExtractOptions {
+        mode: ExtractMode::Reference,
+        dense_octree_depth: d0,
+        hierarchical_octree_depth: d1,
+        ..Default::default()
+    };
+    let fast = ExtractOptions {
+        fast_depth: if opts.quick { 7 } else { 8 },
+        ..Default::default()
+    };
+    let mut results = vec![];
+    for (name, o) in [("extract reference", &reference), ("extract fast", &fast)] {
+        // One run each: the reference at depth 9 holds two 512³ grids and takes long enough.
+        let start = std::time::Instant::now();
+        let mut f = sdf;
+        let g = extract_field(&mut f, o)?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let t = (ms, ms);
+        let settings = match o.mode {
+            ExtractMode::Reference => format!("depths {}/{}", o.dense_octree_depth, o.hierarchical_octree_depth),
+            ExtractMode::Fast => format!("depth {} from {}", o.fast_depth, o.fast_coarse_depth),
+        };
+        rows.push(row(
+            name,
+            1,
+            t,
+            format!(
+                "{settings}: {} query points decoded for one part (projected decode {:.0} s at the rate above); \
+                 time shown is extraction without decoding (analytic field); mesh {} vertices, {} faces, area {:.4}",
+                g.decoded_points,
+                g.decoded_points as f64 / per_s,
+                g.mesh.vertices.len(),
+                g.mesh.faces.len(),
+                g.mesh.area()
+            ),
+        ));
+        results.push(g);
+    }
+    let (r, f) = (&results[0], &results[1]);
+    rows.push(row(
+        "fast vs reference",
+        1,
+        (0.0, 0.0),
+        format!(
+            "{:.1}x fewer decoded points; area ratio {:.5}; mean vertex distance fast→reference {:.2e}, reference→fast {:.2e}",
+            r.decoded_points as f64 / f.decoded_points as f64,
+            f.mesh.area() / r.mesh.area(),
+            mean_nearest(&f.mesh.vertices, &r.mesh.vertices),
+            mean_nearest(&r.mesh.vertices, &f.mesh.vertices),
+        ),
+    ));
+    Ok(rows)
+}
+
+/// Mean distance from each point of `a` to its nearest point of `b` (hash grid, cell 0.02;
+/// farther matches are counted as 0.02).
+fn mean_nearest(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
+    const R: f32 = 0.02;
+    let cell = |p: [f32; 3]| p.map(|x| (x / R).floor() as i64);
+    let mut grid: HashMap<[i64; 3], Vec<[f32; 3]>> = HashMap::new();
+    for &p in b {
+        grid.entry(cell(p)).or_default().push(p);
+    }
+    let total: f64 = a
+        .iter()
+        .map(|&p| {
+            let c = cell(p);
+            let mut best = R;
+            for d in 0..27i64 {
+                let q = [c[0] + d / 9 - 1, c[1] + (d / 3) % 3 - 1, c[2] + d % 3 - 1];
+                for v in grid.get(&q).into_iter().flatten() {
+                    best = best.min(((p[0] - v[0]).powi(2) + (p[1] - v[1]).powi(2) + (p[2] - v[2]).powi(2)).sqrt());
+                }
+            }
+            best as f64
+        })
+        .sum();
+    total / a.len().max(1) as f64
 }
