@@ -474,35 +474,40 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
                 sign_change || f.iter().all(|x| x.abs() <= reach)
             })
             .collect();
-        // Margin around every kept cell, then split each into 8.
+        // Margin around every kept cell (deduplicated at this level), then split each into 8:
+        // distinct parents have distinct children, so only the parents need sorting.
         let per_axis = cells / s;
         let r = opts.fast_dilate as i64;
-        let mut next: Vec<[u32; 3]> = Vec::with_capacity(kept.len() * 8 * (2 * r as usize + 1).pow(3));
+        let mut parents: Vec<[u32; 3]> = Vec::with_capacity(kept.len() * (2 * r as usize + 1).pow(3));
         for cell in kept {
             let g = cell.map(|x| x / s);
             for di in -r..=r {
                 for dj in -r..=r {
                     for dk in -r..=r {
                         let q = [g[0] as i64 + di, g[1] as i64 + dj, g[2] as i64 + dk];
-                        if q.iter().any(|&x| x < 0 || x >= per_axis as i64) {
-                            continue;
-                        }
-                        let half = s / 2;
-                        for o in 0..8u32 {
-                            next.push([
-                                q[0] as u32 * s + half * (o & 1),
-                                q[1] as u32 * s + half * ((o >> 1) & 1),
-                                q[2] as u32 * s + half * ((o >> 2) & 1),
-                            ]);
+                        if q.iter().all(|&x| x >= 0 && x < per_axis as i64) {
+                            parents.push(q.map(|x| x as u32 * s));
                         }
                     }
                 }
             }
         }
-        s /= 2;
-        next.sort_unstable();
-        next.dedup();
-        active = next;
+        parents.sort_unstable();
+        parents.dedup();
+        let half = s / 2;
+        active = parents
+            .iter()
+            .flat_map(|p| {
+                (0..8u32).map(move |o| {
+                    [
+                        p[0] + half * (o & 1),
+                        p[1] + half * ((o >> 1) & 1),
+                        p[2] + half * ((o >> 2) & 1),
+                    ]
+                })
+            })
+            .collect();
+        s = half;
     }
 }
 

@@ -310,6 +310,8 @@ pub struct SdfDecoder {
     freqs: Vec<f32>,
     device: Device,
     dtype: DType,
+    /// Points per forward of the query path (default [`DECODE_CHUNK`]; larger suits a GPU).
+    pub chunk: usize,
 }
 
 impl SdfDecoder {
@@ -359,6 +361,7 @@ impl SdfDecoder {
             freqs,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            chunk: DECODE_CHUNK,
             config,
         })
     }
@@ -392,7 +395,10 @@ impl SdfDecoder {
         self.decode_prepared(&part, points, CrossAttention::Full)
     }
 
-    /// Field values (P,) at `points` (P, 3), in chunks of [`DECODE_CHUNK`].
+    /// Field values (P,) at `points` (P, 3), in chunks of [`Self::chunk`] points.
+    ///
+    /// The Fourier embedding is computed in f32 from f32 coordinates whatever the model dtype
+    /// (upstream rounds coordinates to f16 first in its f16 runs; the goldens are f32).
     pub fn decode_prepared(&self, part: &PreparedPart, points: &Tensor, mode: CrossAttention) -> Result<Tensor> {
         let (n, three) = points.dims2()?;
         anyhow::ensure!(three == 3, "query points must be (P, 3), got {:?}", points.dims());
@@ -407,13 +413,13 @@ impl SdfDecoder {
             let first = points.narrow(0, 0, topk_end)?;
             let (keys, values) = self.top_k_keys(part, &first)?;
             while start < topk_end {
-                let len = DECODE_CHUNK.min(topk_end - start);
+                let len = self.chunk.max(1).min(topk_end - start);
                 outs.push(self.query(&points.narrow(0, start, len)?, &keys, &values)?);
                 start += len;
             }
         }
         while start < n {
-            let len = DECODE_CHUNK.min(n - start);
+            let len = self.chunk.max(1).min(n - start);
             outs.push(self.query(&points.narrow(0, start, len)?, &part.keys, &part.values)?);
             start += len;
         }
