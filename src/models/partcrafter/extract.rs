@@ -57,6 +57,42 @@ impl Hasher for NodeHasher {
 
 type NodeHash = BuildHasherDefault<NodeHasher>;
 
+/// Decoded lattice values: a dense array (NaN = not decoded) while the lattice fits in
+/// [`DENSE_NODES_MAX`] nodes (2^8 + 1 per axis: 68 MB), a hash map beyond.
+enum NodeStore {
+    Dense(Vec<f32>),
+    Sparse(HashMap<u64, f32, NodeHash>),
+}
+
+/// Largest lattice stored densely by the fast mode.
+const DENSE_NODES_MAX: u64 = 1 << 25;
+
+impl NodeStore {
+    fn new(nodes: u64) -> Self {
+        if nodes <= DENSE_NODES_MAX {
+            NodeStore::Dense(vec![f32::NAN; nodes as usize])
+        } else {
+            NodeStore::Sparse(HashMap::default())
+        }
+    }
+
+    fn get(&self, key: u64) -> Option<f32> {
+        match self {
+            NodeStore::Dense(v) => Some(v[key as usize]).filter(|x| !x.is_nan()),
+            NodeStore::Sparse(m) => m.get(&key).copied(),
+        }
+    }
+
+    fn insert(&mut self, key: u64, value: f32) {
+        match self {
+            NodeStore::Dense(v) => v[key as usize] = value,
+            NodeStore::Sparse(m) => {
+                m.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Points handed to the field per call (the decoder chunks further inside).
 pub const FIELD_BATCH: usize = 1 << 18;
 
@@ -230,6 +266,9 @@ fn evaluate_batched(
         if vals.len() != pts.len() {
             bail!("field returned {} values for {} points", vals.len(), pts.len());
         }
+        if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+            bail!("field value {} at {:?} is not finite", vals[i], pts[i]);
+        }
         sink(start, &pts, &vals);
         start += len;
     }
@@ -383,10 +422,10 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
     let h = 2.0 * b / cells as f64;
     let coord = |j: u32| (-b + j as f64 * h) as f32;
     let key = |i: u32, j: u32, k: u32| (i as u64 * nodes + j as u64) * nodes + k as u64;
-    let mut values: HashMap<u64, f32, NodeHash> = HashMap::default();
+    let mut values = NodeStore::new(nodes * nodes * nodes);
     let mut decoded = 0usize;
 
-    let mut decode = |keys: Vec<[u32; 3]>, values: &mut HashMap<u64, f32, NodeHash>| -> Result<()> {
+    let mut decode = |keys: Vec<[u32; 3]>, values: &mut NodeStore| -> Result<()> {
         decoded += keys.len();
         evaluate_batched(
             field,
@@ -413,11 +452,11 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
     for i in 0..=m {
         for j in 0..=m {
             for k in 0..=m {
-                let f0 = values[&key(i * s, j * s, k * s)];
+                let f0 = values.get(key(i * s, j * s, k * s)).expect("coarse node decoded");
                 for (di, dj, dk) in [(1, 0, 0), (0, 1, 0), (0, 0, 1)] {
                     let (a, bb, cc) = (i + di, j + dj, k + dk);
                     if a <= m && bb <= m && cc <= m {
-                        let f1 = values[&key(a * s, bb * s, cc * s)];
+                        let f1 = values.get(key(a * s, bb * s, cc * s)).expect("coarse node decoded");
                         slope = slope.max((f1 - f0).abs() / (s as f64 * h) as f32);
                     }
                 }
@@ -441,12 +480,12 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
         let mut missing: Vec<[u32; 3]> = active
             .iter()
             .flat_map(|&cell| corners(cell, s))
-            .filter(|p| !values.contains_key(&key(p[0], p[1], p[2])))
+            .filter(|p| values.get(key(p[0], p[1], p[2])).is_none())
             .collect();
         missing.sort_unstable();
         missing.dedup();
         decode(missing, &mut values)?;
-        let get = |p: [u32; 3]| values[&key(p[0], p[1], p[2])];
+        let get = |p: [u32; 3]| values.get(key(p[0], p[1], p[2])).expect("corner decoded");
         if s == 1 {
             let surface: Vec<[u32; 3]> = active
                 .into_iter()
@@ -455,7 +494,7 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
                     f.iter().any(|&x| x > 0.0) && f.iter().any(|&x| x <= 0.0)
                 })
                 .collect();
-            let value = |i: u32, j: u32, k: u32| values[&key(i, j, k)];
+            let value = |i: u32, j: u32, k: u32| values.get(key(i, j, k)).expect("corner decoded");
             let n = nodes as usize;
             let mesh = marching_cubes_cells(&surface, [n, n, n], 0.0, &value);
             let mesh = mesh.map_vertices(|v| v.map(|x| (-b + x as f64 * h) as f32));
