@@ -179,3 +179,5 @@ fn check_options(num_parts: usize, opts: &SamplerOptions) -> Result<()> {
     }
     Ok(())
 }
+pub mod extract;
+pub mod vae;
