@@ -4,7 +4,8 @@
 //! DiT ([`dit`], built from [`block`]), the rectified-flow scheduler ([`scheduler`]) and the
 //! guided sampling loop ([`sampler`]). [`PartCrafterLatents`] ties them to a checkpoint
 //! folder laid out like the hub repo (`transformer/`, `image_encoder_dinov2/`,
-//! `feature_extractor_dinov2/`, `scheduler/`).
+//! `feature_extractor_dinov2/`, `scheduler/`). The other half: the TripoSG-style SDF
+//! decoder ([`vae`]) and surface extraction ([`extract`]) turn each part's latents into a mesh.
 
 pub mod bench;
 pub mod block;
@@ -12,7 +13,8 @@ pub mod dit;
 pub mod encoder;
 pub mod sampler;
 pub mod scheduler;
-// vae, extract: see issue 6
+pub mod extract;
+pub mod vae;
 
 use std::path::Path;
 
@@ -179,5 +181,3 @@ fn check_options(num_parts: usize, opts: &SamplerOptions) -> Result<()> {
     }
     Ok(())
 }
-pub mod extract;
-pub mod vae;
