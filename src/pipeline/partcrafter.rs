@@ -5,13 +5,19 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use image::RgbImage;
 
 use super::{BackgroundRemoval, ImageToParts, PartOutcome, TextToImage, Timings};
 use crate::asset::{DroppedPart, ModelInfo, PipelineInfo};
 use crate::shape::{GeneratedPart, GeneratedShape, ShapeGenerator, ShapeRequest};
-use crate::weights::WeightsSource;
+use crate::models::partcrafter::extract::{extract_parts, ExtractOptions};
+use crate::models::partcrafter::vae::SdfDecoder;
+use crate::models::partcrafter::{PartCrafterLatents, SamplerOptions};
+use crate::models::rmbg::RmbgStage;
+use crate::models::sdxl::prompt::canonical_prompt;
+use crate::models::sdxl::{SdxlOptions, SdxlTurbo};
+use crate::weights::{self, WeightsSource};
 
 /// Settings of the model pipeline (command-line flags).
 #[derive(Debug, Clone)]
@@ -75,15 +81,55 @@ impl PartCrafterGenerator {
         }
     }
 
-    /// Loads every stage's weights (see `weights.rs` for where they are looked up).
+    /// Loads every stage's weights (see `weights.rs` for where they are looked up): fp16 on
+    /// CUDA where the stage supports it, f32 on the CPU.
     pub fn load(options: &ModelOptions) -> Result<Self> {
         let source = WeightsSource::from_env(options.weights_dir.clone());
-        let _device = select_device(options.force_cpu)?;
-        let _ = &source;
-        anyhow::bail!(
-            "the partcrafter pipeline is not available in this build: its model stages (SDXL Turbo, BriaRMBG-1.4, \
-             PartCrafter) are not wired in yet; use --pipeline procedural, or --fallback procedural"
-        )
+        let device = select_device(options.force_cpu)?;
+        let dtype = if device.is_cuda() { DType::F16 } else { DType::F32 };
+
+        let sd_options =
+            SdxlOptions { steps: options.sd_steps, keep_images: options.keep_images, ..SdxlOptions::default() };
+        let sdxl_repo = source.resolve(weights::SDXL_TURBO, "unet/config.json").context("SDXL Turbo stage")?;
+        let sdxl = SdxlTurbo::load(&source, &device, &sd_options).context("SDXL Turbo stage")?;
+        let rmbg_repo = source.resolve(weights::RMBG, "model.safetensors").context("background removal stage")?;
+        let rmbg = RmbgStage::load(&source, &device).context("background removal stage")?;
+        let pc_repo = source.resolve(weights::PARTCRAFTER, "transformer/config.json").context("PartCrafter stage")?;
+        let latents = PartCrafterLatents::load(&pc_repo.dir, &device, dtype).context("PartCrafter stage")?;
+        let decoder = SdfDecoder::load(&pc_repo.dir.join("vae"), &device, dtype).context("PartCrafter SDF decoder")?;
+
+        let models = [&sdxl_repo, &rmbg_repo, &pc_repo]
+            .iter()
+            .map(|r| ModelInfo { id: r.repo.id.to_string(), revision: r.commit.clone() })
+            .collect();
+        let parts = PartCrafterStage {
+            latents,
+            decoder,
+            sampler: SamplerOptions {
+                steps: options.steps,
+                guidance: options.guidance,
+                tokens: options.tokens,
+                ..SamplerOptions::default()
+            },
+            extract: ExtractOptions::default(),
+        };
+        Ok(Self::from_stages(Box::new(sdxl), Box::new(rmbg), Box::new(parts), models, options.clone()))
+    }
+}
+
+/// Image → part meshes: PartCrafter's latents, then one surface per part from the SDF decoder.
+pub struct PartCrafterStage {
+    pub latents: PartCrafterLatents,
+    pub decoder: SdfDecoder,
+    pub sampler: SamplerOptions,
+    pub extract: ExtractOptions,
+}
+
+impl ImageToParts for PartCrafterStage {
+    fn parts(&self, image: &RgbImage, num_parts: usize, seed: u64, timings: &mut Timings) -> Result<Vec<PartOutcome>> {
+        let opts = SamplerOptions { seed, ..self.sampler.clone() };
+        let latents = self.latents.generate(image, num_parts, &opts, timings)?;
+        extract_parts(&self.decoder, &latents, &self.extract, timings)
     }
 }
 
@@ -92,13 +138,6 @@ fn png_bytes(img: &RgbImage) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Png)
         .expect("PNG encoding to memory");
     out.into_inner()
-}
-
-/// The canonical prompt for a concept: one centred object on plain white, no text.
-pub fn canonical_prompt(concept: &str) -> String {
-    format!(
-        "a single {concept}, centered, full view, isolated on a plain white background, studio lighting, 3d render, no text"
-    )
 }
 
 impl ShapeGenerator for PartCrafterGenerator {
