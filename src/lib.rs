@@ -11,6 +11,8 @@ pub mod commands;
 pub mod concept;
 pub mod error;
 pub mod geometry;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod models;
 pub mod pipeline;
 pub mod procedural;
