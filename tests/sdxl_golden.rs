@@ -440,6 +440,12 @@ fn sdxl_golden_stage_generate_is_seeded() {
     let err = format!("{:#}", SdxlTurbo::load(&source, &Device::Cpu, &opts).err().unwrap());
     println!("missing tensor error: {err}");
     assert!(err.contains("add_embedding.linear_2.weight"), "{err}");
+    // A missing file is reported by path.
+    lumen::synth::write_synthetic_safetensors(&specs(&manifest["tensors"]["unet"]), None, &unet_file).unwrap();
+    std::fs::remove_file(tmp.path().join("sdxl-turbo/vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let err = format!("{:#}", SdxlTurbo::load(&source, &Device::Cpu, &opts).err().unwrap());
+    println!("missing file error: {err}");
+    assert!(err.contains("vae/diffusion_pytorch_model.safetensors"), "{err}");
 }
 
 /// `lumen bench sdxl` without the CLI: real SDXL Turbo sizes, synthetic weights, CPU f32.
