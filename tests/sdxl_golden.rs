@@ -432,6 +432,12 @@ fn sdxl_golden_stage_generate_is_seeded() {
         a.height(),
         timings.0
     );
+    let png = sdxl::save_reference_image(&a, &tmp.path().join("chair.asset")).unwrap();
+    assert_eq!(
+        image::open(&png).unwrap().to_rgb8().as_raw(),
+        a.as_raw(),
+        "--keep-images PNG round trip"
+    );
     // A missing tensor is reported by name.
     let unet_file = tmp.path().join("sdxl-turbo/unet/diffusion_pytorch_model.safetensors");
     let mut keep = specs(&manifest["tensors"]["unet"]);

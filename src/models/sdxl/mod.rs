@@ -69,6 +69,15 @@ pub fn image_path_for(asset: &Path) -> PathBuf {
     asset.with_extension("sdxl.png")
 }
 
+/// `--keep-images`: writes the stage's image as PNG beside `asset` (see [`image_path_for`]).
+pub fn save_reference_image(image: &RgbImage, asset: &Path) -> Result<PathBuf> {
+    let path = image_path_for(asset);
+    image
+        .save_with_format(&path, image::ImageFormat::Png)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// Everything one run computed, for the golden tests and for debugging a bad image.
 pub struct Trace {
     pub prompt_embeds: Tensor,
