@@ -13,7 +13,7 @@
 //! CUDA path: until a fused kernel lands (issue "Fused attention on CUDA") the
 //! same blocked computation runs on the GPU; it is correct but not fast.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// Upper bound on the score matrix of one query block, in bytes.
 pub const SCORE_BUDGET_BYTES: usize = 256 << 20;

@@ -1,13 +1,24 @@
 //! lumen: text concept → part-labeled 3D point cloud, stored as a prebaked asset.
 //!
 //! The library holds the whole pipeline so that tests and benches drive exactly what the
-//! `lumen` binary runs; `main.rs` only parses arguments and calls [`commands`].
+//! `lumen` binary runs; `main.rs` only parses arguments and calls [`commands::run`].
 
+pub mod asset;
 pub mod attention;
 pub mod bench;
+pub mod cli;
+pub mod commands;
+pub mod concept;
+pub mod error;
 pub mod geometry;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod models;
 pub mod pipeline;
+pub mod procedural;
 pub mod rng;
+pub mod shape;
+pub mod store;
 pub mod synth;
+pub mod time;
 pub mod weights;

@@ -9,6 +9,8 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+pub mod sampling;
+
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Repetitions after one warm-up.
@@ -44,4 +46,10 @@ pub fn measure(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, 
 pub type Suite = fn(&BenchOptions) -> Result<Vec<BenchRow>>;
 
 /// Every benchmark suite by name (`lumen bench NAME`).
-pub const SUITES: &[(&str, Suite)] = &[("sdxl", crate::models::sdxl::bench::run)];
+pub const SUITES: &[(&str, Suite)] = &[
+    ("sampling", sampling::run),
+    ("sdxl", crate::models::sdxl::bench::run),
+    ("rmbg", crate::models::rmbg::bench::run),
+    ("partcrafter_dit", crate::models::partcrafter::bench::run),
+    ("partcrafter_geometry", crate::models::partcrafter::extract::bench),
+];

@@ -5,6 +5,8 @@
 //! procedural generator plug into the same driver, and so tests can run a stage alone.
 //! Every stage's wall time is recorded in [`Timings`] and ends up in the asset.
 
+pub mod partcrafter;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 

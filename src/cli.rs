@@ -1,0 +1,212 @@
+//! Command-line arguments (clap types only). The work never sees clap: `commands::run`
+//! turns these into plain option structs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success, 1 some concepts failed, 2 usage or configuration error, 3 preflight failed.
+Logs go to stderr, results to stdout (--json for machines).
+
+Examples:
+  lumen generate chair \"office chair\" --pipeline procedural
+  lumen pregenerate concepts/top50.json --store gs://my-bucket/shapes-v1 --jobs 4
+  lumen preflight --store out --json
+  lumen stats --store out";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lumen",
+    version,
+    about = "Turns text concepts into part-labeled 3D point clouds and stores them as prebaked assets",
+    long_about = "Turns text concepts (\"chair\", \"eagle\") into part-labeled 3D point clouds: \
+SDXL Turbo draws the object, BriaRMBG removes the background, PartCrafter builds one mesh per part, \
+and 2048 surface points with part ids are stored as a lumen.shape/1 asset on local disk or \
+Google Cloud Storage. The procedural pipeline builds shapes from primitives without weights or a GPU.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate and store the shapes of one or more concepts.
+    #[command(
+        after_help = "Examples:\n  lumen generate chair\n  lumen generate \"red sports car\" --parts 6 --seed 7 --force\n  lumen generate eagle --pipeline partcrafter --fallback procedural --json"
+    )]
+    Generate(GenerateArgs),
+    /// Generate every concept of a catalogue that is not stored yet (idempotent, resumable, shardable).
+    #[command(
+        after_help = "Sharding: --shard I/N, else CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT (Cloud Run Jobs),\nelse JOB_COMPLETION_INDEX with LUMEN_SHARD_COUNT (Kubernetes Indexed Jobs).\nShards split by key, so two shards never write the same asset; rerun a failed shard as is.\n\nExamples:\n  lumen pregenerate concepts/top50.json --pipeline procedural\n  lumen pregenerate concepts/top50.json --store gs://bucket/prefix --shard 0/4 --json"
+    )]
+    Pregenerate(PregenerateArgs),
+    /// Check, fast, that the store, device, catalogue, weights and a tiny end-to-end run work.
+    #[command(
+        after_help = "Exits 3 when any check fails; each check's status is printed (or emitted with --json).\n\nExamples:\n  lumen preflight\n  lumen preflight --store gs://bucket/prefix --weights /models --json"
+    )]
+    Preflight(PreflightArgs),
+    /// Summarise what a store holds: counts, sizes, pipelines, timings, collisions, invalid blobs.
+    #[command(
+        after_help = "Exits 2 when the store holds invalid blobs (they are listed, never fatal to the report).\n\nExamples:\n  lumen stats\n  lumen stats --store gs://bucket/prefix --json\n  lumen stats --repair    # rebuild manifest.json from the stored assets"
+    )]
+    Stats(StatsArgs),
+    /// Measure the speed of each stage (prints a table; never part of the tests).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PipelineArg {
+    /// SDXL Turbo → BriaRMBG → PartCrafter (needs the model weights; fast on a GPU).
+    Partcrafter,
+    /// Primitive assemblies: no weights, no GPU, deterministic.
+    Procedural,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// Where assets go: a folder path or file://PATH, gs://BUCKET/PREFIX, or memory://.
+    #[arg(long, default_value = "out", env = "LUMEN_STORE")]
+    pub store: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Folder holding the model repos as sub-folders (sdxl-turbo/, RMBG-1.4/, PartCrafter/), instead of the Hugging Face cache.
+    #[arg(long, value_name = "DIR", env = "LUMEN_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+    /// PartCrafter denoising steps.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub steps: u32,
+    /// PartCrafter classifier-free guidance scale.
+    #[arg(long, default_value_t = 7.0)]
+    pub guidance: f64,
+    /// Latent tokens per part (PartCrafter was trained with 1024; fewer is faster and coarser).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    pub tokens: u32,
+    /// SDXL Turbo steps (1 is what Turbo is made for; up to 4).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
+    pub sd_steps: u32,
+    /// Save the SDXL image, the mask and the prepared image beside the asset (images/<key>/).
+    #[arg(long)]
+    pub keep_images: bool,
+    /// Run on the CPU even in a CUDA build.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Concept texts, e.g. chair "office chair" eagle.
+    #[arg(required = true, value_name = "CONCEPT")]
+    pub concepts: Vec<String>,
+    /// Number of parts (1–16); default: the catalogue's, else the template's or 4.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..))]
+    pub parts: Option<u64>,
+    /// Random seed; default: derived from the concept, so reruns are reproducible.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Points per shape.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub points: u32,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Which pipeline makes the shape.
+    #[arg(long, value_enum, default_value = "partcrafter")]
+    pub pipeline: PipelineArg,
+    /// Pipeline to use for a concept when the chosen one cannot run or fails.
+    #[arg(long, value_enum)]
+    pub fallback: Option<PipelineArg>,
+    /// Overwrite assets that are already stored.
+    #[arg(long)]
+    pub force: bool,
+    /// Print results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Catalogue used for part counts, seeds and part names of known concepts.
+    #[arg(long, value_name = "CATALOG.json", default_value = "concepts/top50.json")]
+    pub catalog: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PregenerateArgs {
+    /// Catalogue file: a JSON array of {"name", "parts"?, "seed"?, "aliases"?, "part_names"?}.
+    #[arg(value_name = "CATALOG.json")]
+    pub catalog: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[arg(long, value_enum, default_value = "partcrafter")]
+    pub pipeline: PipelineArg,
+    /// Pipeline to use for a concept when the chosen one cannot run or fails.
+    #[arg(long, value_enum)]
+    pub fallback: Option<PipelineArg>,
+    /// This machine's shard, INDEX/COUNT (e.g. 0/4).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Concepts processed in parallel (CPU work; model stages run one at a time).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: Option<u32>,
+    /// Points per shape.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub points: u32,
+    /// Regenerate and overwrite concepts that are already stored.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Folder holding the model repos (see `generate --help`).
+    #[arg(long, value_name = "DIR", env = "LUMEN_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+    /// Pipeline to check; `procedural` skips the model checks.
+    #[arg(long, value_enum, default_value = "partcrafter")]
+    pub pipeline: PipelineArg,
+    /// Catalogue to validate.
+    #[arg(long, value_name = "CATALOG.json", default_value = "concepts/top50.json")]
+    pub catalog: PathBuf,
+    /// Run on the CPU even in a CUDA build.
+    #[arg(long)]
+    pub cpu: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[arg(long)]
+    pub json: bool,
+    /// Rebuild manifest.json from the valid assets in the store.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Suites to run (default: all). `lumen bench --list` names them.
+    pub suites: Vec<String>,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Reduced sizes where a suite supports them.
+    #[arg(long)]
+    pub quick: bool,
+    /// List the suites and exit.
+    #[arg(long)]
+    pub list: bool,
+    #[arg(long)]
+    pub json: bool,
+}

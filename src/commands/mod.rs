@@ -1,0 +1,134 @@
+//! The subcommands. `run` turns parsed arguments into plain option structs and dispatches;
+//! each command returns its exit code, and errors bubble up to `main` which picks 2 for
+//! usage/configuration errors and 1 otherwise.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, ModelArgs, PipelineArg};
+use crate::pipeline::partcrafter::{ModelOptions, PartCrafterGenerator};
+use crate::shape::{ProceduralGenerator, ShapeGenerator};
+
+pub mod bench;
+pub mod generate;
+pub mod preflight;
+pub mod pregenerate;
+pub mod stats;
+
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Generate(a) => generate::run(generate::GenerateOptions::from_args(a)?),
+        Command::Pregenerate(a) => pregenerate::run(pregenerate::PregenerateOptions::from_args(a)?),
+        Command::Preflight(a) => preflight::run(preflight::PreflightOptions::from_args(a)),
+        Command::Stats(a) => stats::run(&a.store.store, a.json, a.repair),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Which pipeline, as the work sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineKind {
+    PartCrafter,
+    Procedural,
+}
+
+impl From<PipelineArg> for PipelineKind {
+    fn from(p: PipelineArg) -> Self {
+        match p {
+            PipelineArg::Partcrafter => Self::PartCrafter,
+            PipelineArg::Procedural => Self::Procedural,
+        }
+    }
+}
+
+impl From<&ModelArgs> for ModelOptions {
+    fn from(m: &ModelArgs) -> Self {
+        ModelOptions {
+            weights_dir: m.weights.clone(),
+            steps: m.steps as usize,
+            guidance: m.guidance,
+            tokens: m.tokens as usize,
+            sd_steps: m.sd_steps as usize,
+            keep_images: m.keep_images,
+            force_cpu: m.cpu,
+        }
+    }
+}
+
+/// The primary generator and the optional fallback. A primary that cannot even load is
+/// replaced by the fallback (with a warning) or reported as an error.
+pub struct Generators {
+    pub primary: Option<Arc<dyn ShapeGenerator>>,
+    pub primary_error: Option<String>,
+    pub fallback: Option<Arc<dyn ShapeGenerator>>,
+}
+
+pub fn make_generator(kind: PipelineKind, model: &ModelOptions) -> Result<Arc<dyn ShapeGenerator>> {
+    Ok(match kind {
+        PipelineKind::Procedural => Arc::new(ProceduralGenerator),
+        PipelineKind::PartCrafter => Arc::new(PartCrafterGenerator::load(model)?),
+    })
+}
+
+pub fn load_generators(kind: PipelineKind, fallback: Option<PipelineKind>, model: &ModelOptions) -> Result<Generators> {
+    let (primary, primary_error) = match make_generator(kind, model) {
+        Ok(g) => (Some(g), None),
+        Err(e) if fallback.is_some() => {
+            log(&format!("warning: {e:#}; using the fallback pipeline"));
+            (None, Some(format!("{e:#}")))
+        }
+        Err(e) => return Err(e),
+    };
+    let fallback = match fallback {
+        Some(k) if k != kind => Some(make_generator(k, model)?),
+        _ => None,
+    };
+    Ok(Generators {
+        primary,
+        primary_error,
+        fallback,
+    })
+}
+
+/// A log line on stderr.
+pub fn log(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// Data on stdout; a closed pipe (`lumen stats | head`) is not an error.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+pub fn emit_json(value: &serde_json::Value) {
+    emit(&serde_json::to_string_pretty(value).expect("JSON value serialises"));
+}
+
+pub fn stderr_is_tty() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Writes kept images next to the asset: `images/<key>/<name>`.
+pub fn store_images(store: &crate::store::Store, key: &str, images: &[(String, Vec<u8>)]) -> Result<()> {
+    for (name, bytes) in images {
+        store.put(&format!("images/{key}/{name}"), bytes.clone(), true)?;
+    }
+    Ok(())
+}
+
+/// The default catalogue when it exists (part counts, seeds and names of known concepts).
+pub fn optional_catalog(path: &PathBuf) -> Result<Option<crate::concept::Catalog>> {
+    if path.is_file() {
+        Ok(Some(crate::concept::Catalog::load(path)?))
+    } else {
+        Ok(None)
+    }
+}

@@ -1,0 +1,184 @@
+//! `lumen preflight`: fast proof, before a deploy or a slow GPU batch, that the store
+//! round-trips, the device computes, the catalogue is valid, the weights resolve and load,
+//! and a tiny end-to-end run produces a valid asset. Exit 3 when any check fails.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::{emit, emit_json, PipelineKind};
+use crate::asset::Asset;
+use crate::cli::PreflightArgs;
+use crate::concept::{Catalog, Concept};
+use crate::error::exit;
+use crate::pipeline::partcrafter::{select_device, ModelOptions};
+use crate::shape::{build_asset, ProceduralGenerator, ShapeGenerator, ShapeRequest};
+use crate::store::{Store, StoreOptions};
+
+#[derive(Debug, Clone)]
+pub struct PreflightOptions {
+    pub store: String,
+    pub weights: Option<PathBuf>,
+    pub pipeline: PipelineKind,
+    pub catalog: PathBuf,
+    pub force_cpu: bool,
+    pub json: bool,
+}
+
+impl PreflightOptions {
+    pub fn from_args(a: PreflightArgs) -> Self {
+        Self {
+            store: a.store.store,
+            weights: a.weights,
+            pipeline: a.pipeline.into(),
+            catalog: a.catalog,
+            force_cpu: a.cpu,
+            json: a.json,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    /// ok | fail | skipped
+    pub status: String,
+    pub detail: String,
+    pub ms: f64,
+}
+
+fn check(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
+    let start = Instant::now();
+    let (status, detail) = match f() {
+        Ok(d) => ("ok", d),
+        Err(e) => ("fail", format!("{e:#}")),
+    };
+    Check {
+        name: name.into(),
+        status: status.into(),
+        detail,
+        ms: start.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+fn skipped(name: &str, why: &str) -> Check {
+    Check {
+        name: name.into(),
+        status: "skipped".into(),
+        detail: why.into(),
+        ms: 0.0,
+    }
+}
+
+pub fn run(opts: PreflightOptions) -> Result<u8> {
+    let mut checks = Vec::new();
+    let store = Store::open(&opts.store, &StoreOptions::from_env());
+    checks.push(check("store", || {
+        let store = store.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let rel = format!(
+            "preflight/{}-{}.json",
+            std::process::id(),
+            crate::time::now_rfc3339().replace(':', "")
+        );
+        let body = format!("{{\"preflight\":\"{}\"}}", crate::time::now_rfc3339()).into_bytes();
+        store.put(&rel, body.clone(), true)?;
+        let back = store
+            .get(&rel)?
+            .context("the object written was not found when read back")?;
+        store.delete(&rel)?;
+        if back.as_ref() != body.as_slice() {
+            bail!(
+                "read back {} bytes that differ from the {} written",
+                back.len(),
+                body.len()
+            );
+        }
+        Ok(format!("{}: write, read back and delete round trip", store.url()))
+    }));
+    checks.push(check("device", || {
+        let device = select_device(opts.force_cpu)?;
+        let a = candle_core::Tensor::arange(0f32, 6., &device)?.reshape((2, 3))?;
+        let b = a.matmul(&a.t()?)?;
+        let got: Vec<Vec<f32>> = b.to_vec2()?;
+        if got != vec![vec![5.0, 14.0], vec![14.0, 50.0]] {
+            bail!("a 2×3 matmul on {device:?} gave {got:?}");
+        }
+        Ok(format!("{device:?} computes"))
+    }));
+    checks.push(check("catalog", || {
+        let c = Catalog::load(&opts.catalog)?;
+        let collisions = c.collisions();
+        if !collisions.is_empty() {
+            bail!(
+                "{} collision(s): {:?}",
+                collisions.len(),
+                collisions.iter().map(|c| &c.texts).collect::<Vec<_>>()
+            );
+        }
+        Ok(format!(
+            "{}: {} concepts, no collisions",
+            opts.catalog.display(),
+            c.entries.len()
+        ))
+    }));
+    checks.push(check("procedural end-to-end", || {
+        let concept = Concept::parse("chair")?;
+        let request = ShapeRequest {
+            concept,
+            parts: None,
+            seed: 1,
+            points: 2048,
+            part_names: vec![],
+        };
+        let mut timings = crate::pipeline::Timings::default();
+        let shape = ProceduralGenerator.generate(&request, &mut timings)?;
+        let asset = build_asset(&request, shape, timings)?;
+        let bytes = asset.to_json_bytes();
+        Asset::decode(&bytes)?;
+        Ok(format!(
+            "chair → {} parts, {} points, {} bytes, decodes",
+            asset.part_names.len(),
+            asset.num_points,
+            bytes.len()
+        ))
+    }));
+    if opts.pipeline == PipelineKind::PartCrafter {
+        let model = ModelOptions {
+            weights_dir: opts.weights.clone(),
+            force_cpu: opts.force_cpu,
+            ..Default::default()
+        };
+        checks.push(check("partcrafter pipeline (weights resolve and load)", || {
+            crate::pipeline::partcrafter::PartCrafterGenerator::load(&model)?;
+            Ok("every stage loaded".into())
+        }));
+    } else {
+        checks.push(skipped(
+            "partcrafter pipeline (weights resolve and load)",
+            "--pipeline procedural",
+        ));
+    }
+
+    let failed = checks.iter().filter(|c| c.status == "fail").count();
+    if opts.json {
+        emit_json(&serde_json::json!({ "ok": failed == 0, "checks": checks }));
+    } else {
+        for c in &checks {
+            emit(&format!(
+                "{:<8} {:<48} {:>8.1} ms  {}",
+                c.status.to_uppercase(),
+                c.name,
+                c.ms,
+                c.detail
+            ));
+        }
+        emit(if failed == 0 {
+            "preflight passed"
+        } else {
+            "preflight FAILED"
+        });
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::PREFLIGHT })
+}

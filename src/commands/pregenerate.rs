@@ -1,0 +1,227 @@
+//! `lumen pregenerate`: every concept of a catalogue that this shard owns and the store
+//! lacks. Idempotent (stored keys are skipped without being rewritten), resumable after a
+//! kill (assets are written whole, the manifest is reconciled on the next run), and it
+//! keeps going past a failing concept, exiting 1 at the end with the summary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::generate::{generate_one, human_line, record_in_manifest, request_for, ConceptResult};
+use super::{emit, emit_json, load_generators, log, stderr_is_tty, PipelineKind};
+use crate::cli::PregenerateArgs;
+use crate::concept::{Catalog, Collision, Concept, Shard};
+use crate::error::exit;
+use crate::pipeline::partcrafter::ModelOptions;
+use crate::store::{Store, StoreOptions};
+
+/// Fixed-width fields so the bar does not jump as counts grow.
+const PROGRESS_TEMPLATE: &str = "{spinner} [{elapsed_precise}] {bar:30} {pos:>4}/{len:4} {wide_msg}";
+
+#[derive(Debug, Clone)]
+pub struct PregenerateOptions {
+    pub catalog_path: PathBuf,
+    pub catalog: Catalog,
+    pub store: String,
+    pub pipeline: PipelineKind,
+    pub fallback: Option<PipelineKind>,
+    pub shard: Shard,
+    pub jobs: usize,
+    pub points: usize,
+    pub force: bool,
+    pub json: bool,
+    pub model: ModelOptions,
+}
+
+impl PregenerateOptions {
+    pub fn from_args(a: PregenerateArgs) -> Result<Self> {
+        let catalog = Catalog::load(&a.catalog)?;
+        let shard = match &a.shard {
+            Some(s) => Shard::parse(s)?,
+            None => Shard::from_env(|k| std::env::var(k).ok())?.unwrap_or(Shard::ALL),
+        };
+        let jobs = a
+            .jobs
+            .map(|j| j as usize)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Ok(Self {
+            catalog_path: a.catalog,
+            catalog,
+            store: a.store.store,
+            pipeline: a.pipeline.into(),
+            fallback: a.fallback.map(Into::into),
+            shard,
+            jobs,
+            points: a.points as usize,
+            force: a.force,
+            json: a.json,
+            model: ModelOptions::from(&a.model),
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    catalog: String,
+    store: &'a str,
+    shard: String,
+    total_in_shard: usize,
+    done: usize,
+    skipped: usize,
+    failed: usize,
+    failures: Vec<Failure>,
+    collisions: Vec<Collision>,
+    results: Vec<&'a ConceptResult>,
+}
+
+#[derive(Debug, Serialize)]
+struct Failure {
+    text: String,
+    key: String,
+    error: String,
+}
+
+pub fn run(opts: PregenerateOptions) -> Result<u8> {
+    let store = Store::open(&opts.store, &StoreOptions::from_env())?;
+    let collisions = opts.catalog.collisions();
+    for c in &collisions {
+        log(&format!(
+            "warning: {:?} normalise to the same key {} ({:?}); only the first is generated",
+            c.texts, c.key, c.normalized
+        ));
+    }
+
+    // This shard's concepts, first text per key.
+    let mut seen = std::collections::HashSet::new();
+    let mut mine = Vec::new();
+    let mut duplicates = Vec::new();
+    for e in &opts.catalog.entries {
+        let c = Concept::parse(&e.name)?;
+        if !opts.shard.contains(&c.key) {
+            continue;
+        }
+        if seen.insert(c.key.clone()) {
+            mine.push(c);
+        } else {
+            duplicates.push(c);
+        }
+    }
+
+    let gens = load_generators(opts.pipeline, opts.fallback, &opts.model)?;
+    let bar = ProgressBar::with_draw_target(
+        Some(mine.len() as u64),
+        if stderr_is_tty() && !opts.json {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(ProgressStyle::with_template(PROGRESS_TEMPLATE).expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let per_item_lines = bar.is_hidden();
+
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.jobs).build()?;
+    let results: Vec<(ConceptResult, String, String)> = pool.install(|| {
+        mine.par_iter()
+            .map(|c| {
+                let rel = Store::shape_rel(&c.key);
+                let result = match (opts.force, store.exists(&rel)) {
+                    (false, Ok(true)) => ConceptResult {
+                        status: "exists".into(),
+                        ..ConceptResult::failed(c, String::new())
+                    }
+                    .without_error(),
+                    (_, Err(e)) => ConceptResult::failed(c, format!("{e:#}")),
+                    _ => {
+                        let request = request_for(c, Some(&opts.catalog), None, None, opts.points);
+                        debug_delay();
+                        generate_one(&request, &gens, &store, opts.force)
+                    }
+                };
+                bar.inc(1);
+                bar.set_message(c.text.clone());
+                if per_item_lines && !opts.json {
+                    log(&human_line(&result));
+                }
+                (result, c.normalized.clone(), crate::time::now_rfc3339())
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+
+    // Colliding texts are recorded under their key so `stats` can show them.
+    let mut for_manifest = results.clone();
+    for c in &duplicates {
+        if let Some((r, _, _)) = results.iter().find(|(r, _, _)| r.key == c.key) {
+            if r.status != "failed" {
+                let mut dup = r.clone();
+                dup.text = c.text.clone();
+                dup.status = "exists".into();
+                for_manifest.push((dup, c.normalized.clone(), crate::time::now_rfc3339()));
+            }
+        }
+    }
+    record_in_manifest(&store, &for_manifest)?;
+
+    let count = |s: &str| results.iter().filter(|(r, _, _)| r.status == s).count();
+    let done = count("created") + count("overwritten");
+    let skipped = count("exists");
+    let failures: Vec<Failure> = results
+        .iter()
+        .filter(|(r, _, _)| r.status == "failed")
+        .map(|(r, _, _)| Failure {
+            text: r.text.clone(),
+            key: r.key.clone(),
+            error: r.error.clone().unwrap_or_default(),
+        })
+        .collect();
+    let summary = Summary {
+        catalog: opts.catalog_path.display().to_string(),
+        store: store.url(),
+        shard: format!("{}/{}", opts.shard.index, opts.shard.count),
+        total_in_shard: mine.len(),
+        done,
+        skipped,
+        failed: failures.len(),
+        failures,
+        collisions,
+        results: results.iter().map(|(r, _, _)| r).collect(),
+    };
+    if opts.json {
+        emit_json(&serde_json::to_value(&summary)?);
+    } else {
+        emit(&format!(
+            "pregenerate {} shard {}: {} done, {} skipped (already stored), {} failed, of {}",
+            summary.catalog, summary.shard, done, skipped, summary.failed, summary.total_in_shard
+        ));
+        for f in &summary.failures {
+            emit(&format!("  failed: {} ({}): {}", f.text, f.key, f.error));
+        }
+        for c in &summary.collisions {
+            emit(&format!("  collision: {:?} share key {}", c.texts, c.key));
+        }
+    }
+    Ok(if summary.failed > 0 { exit::FAILED } else { exit::OK })
+}
+
+/// Test hook: `LUMEN_DEBUG_CONCEPT_DELAY_MS` slows each generated concept so integration
+/// tests can kill a run in the middle. Never set in production.
+fn debug_delay() {
+    if let Some(ms) = std::env::var("LUMEN_DEBUG_CONCEPT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+impl ConceptResult {
+    fn without_error(mut self) -> Self {
+        self.error = None;
+        self
+    }
+}

@@ -1,0 +1,199 @@
+//! The `partcrafter` pipeline: concept → prompt → SDXL Turbo → BriaRMBG → PartCrafter →
+//! part meshes. Assembled from the stage traits so each model stays in its own module.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use image::RgbImage;
+
+use super::{BackgroundRemoval, ImageToParts, PartOutcome, TextToImage, Timings};
+use crate::asset::{DroppedPart, ModelInfo, PipelineInfo};
+use crate::shape::{GeneratedPart, GeneratedShape, ShapeGenerator, ShapeRequest};
+use crate::models::partcrafter::extract::{extract_parts, ExtractOptions};
+use crate::models::partcrafter::vae::SdfDecoder;
+use crate::models::partcrafter::{PartCrafterLatents, SamplerOptions};
+use crate::models::rmbg::RmbgStage;
+use crate::models::sdxl::prompt::canonical_prompt;
+use crate::models::sdxl::{SdxlOptions, SdxlTurbo};
+use crate::weights::{self, WeightsSource};
+
+/// Settings of the model pipeline (command-line flags).
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    pub weights_dir: Option<PathBuf>,
+    pub steps: usize,
+    pub guidance: f64,
+    pub tokens: usize,
+    pub sd_steps: usize,
+    pub keep_images: bool,
+    pub force_cpu: bool,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            weights_dir: None,
+            steps: 50,
+            guidance: 7.0,
+            tokens: 1024,
+            sd_steps: 1,
+            keep_images: false,
+            force_cpu: false,
+        }
+    }
+}
+
+/// The compute device: the first CUDA GPU in a CUDA build (unless `force_cpu`), else the CPU.
+pub fn select_device(force_cpu: bool) -> Result<Device> {
+    if force_cpu || !cfg!(feature = "cuda") {
+        return Ok(Device::Cpu);
+    }
+    Device::new_cuda(0).context("this is a CUDA build but no CUDA device could be opened (use --cpu to run on the CPU)")
+}
+
+pub struct PartCrafterGenerator {
+    text_to_image: Box<dyn TextToImage>,
+    background: Box<dyn BackgroundRemoval>,
+    image_to_parts: Box<dyn ImageToParts>,
+    models: Vec<ModelInfo>,
+    options: ModelOptions,
+    /// Model stages share one device: one concept at a time goes through them.
+    gpu: Mutex<()>,
+}
+
+impl PartCrafterGenerator {
+    pub fn from_stages(
+        text_to_image: Box<dyn TextToImage>,
+        background: Box<dyn BackgroundRemoval>,
+        image_to_parts: Box<dyn ImageToParts>,
+        models: Vec<ModelInfo>,
+        options: ModelOptions,
+    ) -> Self {
+        Self {
+            text_to_image,
+            background,
+            image_to_parts,
+            models,
+            options,
+            gpu: Mutex::new(()),
+        }
+    }
+
+    /// Loads every stage's weights (see `weights.rs` for where they are looked up): fp16 on
+    /// CUDA where the stage supports it, f32 on the CPU.
+    pub fn load(options: &ModelOptions) -> Result<Self> {
+        let source = WeightsSource::from_env(options.weights_dir.clone());
+        let device = select_device(options.force_cpu)?;
+        let dtype = if device.is_cuda() { DType::F16 } else { DType::F32 };
+
+        let sd_options =
+            SdxlOptions { steps: options.sd_steps, keep_images: options.keep_images, ..SdxlOptions::default() };
+        let sdxl_repo = source.resolve(weights::SDXL_TURBO, "unet/config.json").context("SDXL Turbo stage")?;
+        let sdxl = SdxlTurbo::load(&source, &device, &sd_options).context("SDXL Turbo stage")?;
+        let rmbg_repo = source.resolve(weights::RMBG, "model.safetensors").context("background removal stage")?;
+        let rmbg = RmbgStage::load(&source, &device).context("background removal stage")?;
+        let pc_repo = source.resolve(weights::PARTCRAFTER, "transformer/config.json").context("PartCrafter stage")?;
+        let latents = PartCrafterLatents::load(&pc_repo.dir, &device, dtype).context("PartCrafter stage")?;
+        let decoder = SdfDecoder::load(&pc_repo.dir.join("vae"), &device, dtype).context("PartCrafter SDF decoder")?;
+
+        let models = [&sdxl_repo, &rmbg_repo, &pc_repo]
+            .iter()
+            .map(|r| ModelInfo { id: r.repo.id.to_string(), revision: r.commit.clone() })
+            .collect();
+        let parts = PartCrafterStage {
+            latents,
+            decoder,
+            sampler: SamplerOptions {
+                steps: options.steps,
+                guidance: options.guidance,
+                tokens: options.tokens,
+                ..SamplerOptions::default()
+            },
+            extract: ExtractOptions::default(),
+        };
+        Ok(Self::from_stages(Box::new(sdxl), Box::new(rmbg), Box::new(parts), models, options.clone()))
+    }
+}
+
+/// Image → part meshes: PartCrafter's latents, then one surface per part from the SDF decoder.
+pub struct PartCrafterStage {
+    pub latents: PartCrafterLatents,
+    pub decoder: SdfDecoder,
+    pub sampler: SamplerOptions,
+    pub extract: ExtractOptions,
+}
+
+impl ImageToParts for PartCrafterStage {
+    fn parts(&self, image: &RgbImage, num_parts: usize, seed: u64, timings: &mut Timings) -> Result<Vec<PartOutcome>> {
+        let opts = SamplerOptions { seed, ..self.sampler.clone() };
+        let latents = self.latents.generate(image, num_parts, &opts, timings)?;
+        extract_parts(&self.decoder, &latents, &self.extract, timings)
+    }
+}
+
+fn png_bytes(img: &RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("PNG encoding to memory");
+    out.into_inner()
+}
+
+impl ShapeGenerator for PartCrafterGenerator {
+    fn name(&self) -> &'static str {
+        "partcrafter"
+    }
+
+    fn generate(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<GeneratedShape> {
+        let _one_at_a_time = self.gpu.lock().unwrap_or_else(|p| p.into_inner());
+        let prompt = canonical_prompt(&request.concept.normalized);
+        let reference = self
+            .text_to_image
+            .generate(&prompt, request.seed, timings)
+            .context("text → image")?;
+        let prepared = self
+            .background
+            .prepare(&reference, timings)
+            .context("background removal")?;
+        let num_parts = request.parts.unwrap_or(crate::concept::DEFAULT_PARTS);
+        let outcomes = self
+            .image_to_parts
+            .parts(&prepared.image, num_parts, request.seed, timings)
+            .context("image → parts")?;
+        let mut parts = Vec::new();
+        let mut dropped = Vec::new();
+        for (i, o) in outcomes.into_iter().enumerate() {
+            match o {
+                PartOutcome::Mesh(mesh) => parts.push(GeneratedPart { name: None, mesh }),
+                PartOutcome::Failed(reason) => dropped.push(DroppedPart { index: i, reason }),
+            }
+        }
+        let mut images = Vec::new();
+        if self.options.keep_images {
+            images.push(("reference.png".to_string(), png_bytes(&reference)));
+            let mut mask = Vec::new();
+            image::DynamicImage::ImageLuma8(prepared.mask.clone())
+                .write_to(&mut std::io::Cursor::new(&mut mask), image::ImageFormat::Png)?;
+            images.push(("mask.png".to_string(), mask));
+            images.push(("prepared.png".to_string(), png_bytes(&prepared.image)));
+        }
+        let mut settings = std::collections::BTreeMap::new();
+        settings.insert("prompt".into(), serde_json::Value::from(prompt));
+        settings.insert("steps".into(), self.options.steps.into());
+        settings.insert("guidance".into(), self.options.guidance.into());
+        settings.insert("tokens".into(), self.options.tokens.into());
+        settings.insert("sd_steps".into(), self.options.sd_steps.into());
+        settings.insert("parts_requested".into(), num_parts.into());
+        Ok(GeneratedShape {
+            parts,
+            dropped,
+            pipeline: PipelineInfo {
+                name: "partcrafter".into(),
+                models: self.models.clone(),
+                settings,
+            },
+            images,
+        })
+    }
+}
