@@ -302,7 +302,7 @@ fn options_from(manifest: &Value) -> SdxlOptions {
     let p = &manifest["config"]["pipeline"];
     SdxlOptions {
         steps: p["num_inference_steps"].as_u64().unwrap() as usize,
-        size: p["height"].as_u64().unwrap() as usize,
+        size: Some(p["height"].as_u64().unwrap() as usize),
         ..Default::default()
     }
 }
@@ -420,7 +420,13 @@ fn sdxl_golden_stage_generate_is_seeded() {
     let a = stage.generate(&prompt, 7, &mut timings).unwrap();
     let b = stage.generate(&prompt, 7, &mut timings).unwrap();
     let c = stage.generate(&prompt, 8, &mut timings).unwrap();
-    assert_eq!((a.width() as usize, a.height() as usize), (opts.size, opts.size));
+    // The size is left to the checkpoint: unet sample_size × VAE scale factor (diffusers' default).
+    opts.size = None;
+    let default_size = SdxlTurbo::load(&source, &Device::Cpu, &opts).unwrap();
+    let a2 = default_size.generate(&prompt, 7, &mut timings).unwrap();
+    let want = manifest["config"]["pipeline"]["height"].as_u64().unwrap() as u32;
+    assert_eq!((a.width(), a.height()), (want, want));
+    assert_eq!(a2.as_raw(), a.as_raw(), "default size from the checkpoint");
     assert_eq!(a.as_raw(), b.as_raw(), "same seed, same image");
     assert_ne!(a.as_raw(), c.as_raw(), "another seed, another image");
     for key in ["sdxl_text_encoders", "sdxl_unet", "sdxl_vae"] {
