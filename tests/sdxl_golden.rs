@@ -302,7 +302,7 @@ fn options_from(manifest: &Value) -> SdxlOptions {
     let p = &manifest["config"]["pipeline"];
     SdxlOptions {
         steps: p["num_inference_steps"].as_u64().unwrap() as usize,
-        size: p["height"].as_u64().unwrap() as usize,
+        size: Some(p["height"].as_u64().unwrap() as usize),
         ..Default::default()
     }
 }
@@ -420,7 +420,13 @@ fn sdxl_golden_stage_generate_is_seeded() {
     let a = stage.generate(&prompt, 7, &mut timings).unwrap();
     let b = stage.generate(&prompt, 7, &mut timings).unwrap();
     let c = stage.generate(&prompt, 8, &mut timings).unwrap();
-    assert_eq!((a.width() as usize, a.height() as usize), (opts.size, opts.size));
+    // The size is left to the checkpoint: unet sample_size × VAE scale factor (diffusers' default).
+    opts.size = None;
+    let default_size = SdxlTurbo::load(&source, &Device::Cpu, &opts).unwrap();
+    let a2 = default_size.generate(&prompt, 7, &mut timings).unwrap();
+    let want = manifest["config"]["pipeline"]["height"].as_u64().unwrap() as u32;
+    assert_eq!((a.width(), a.height()), (want, want));
+    assert_eq!(a2.as_raw(), a.as_raw(), "default size from the checkpoint");
     assert_eq!(a.as_raw(), b.as_raw(), "same seed, same image");
     assert_ne!(a.as_raw(), c.as_raw(), "another seed, another image");
     for key in ["sdxl_text_encoders", "sdxl_unet", "sdxl_vae"] {
@@ -432,6 +438,12 @@ fn sdxl_golden_stage_generate_is_seeded() {
         a.height(),
         timings.0
     );
+    let png = sdxl::save_reference_image(&a, &tmp.path().join("chair.asset")).unwrap();
+    assert_eq!(
+        image::open(&png).unwrap().to_rgb8().as_raw(),
+        a.as_raw(),
+        "--keep-images PNG round trip"
+    );
     // A missing tensor is reported by name.
     let unet_file = tmp.path().join("sdxl-turbo/unet/diffusion_pytorch_model.safetensors");
     let mut keep = specs(&manifest["tensors"]["unet"]);
@@ -440,6 +452,12 @@ fn sdxl_golden_stage_generate_is_seeded() {
     let err = format!("{:#}", SdxlTurbo::load(&source, &Device::Cpu, &opts).err().unwrap());
     println!("missing tensor error: {err}");
     assert!(err.contains("add_embedding.linear_2.weight"), "{err}");
+    // A missing file is reported by path.
+    lumen::synth::write_synthetic_safetensors(&specs(&manifest["tensors"]["unet"]), None, &unet_file).unwrap();
+    std::fs::remove_file(tmp.path().join("sdxl-turbo/vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let err = format!("{:#}", SdxlTurbo::load(&source, &Device::Cpu, &opts).err().unwrap());
+    println!("missing file error: {err}");
+    assert!(err.contains("vae/diffusion_pytorch_model.safetensors"), "{err}");
 }
 
 /// `lumen bench sdxl` without the CLI: real SDXL Turbo sizes, synthetic weights, CPU f32.

@@ -26,7 +26,7 @@ pub const TEXT_ENCODER_2_CONFIG: &str = r#"{"vocab_size": 49408, "hidden_size": 
  "num_hidden_layers": 32, "num_attention_heads": 20, "max_position_embeddings": 77, "layer_norm_eps": 1e-5,
  "hidden_act": "gelu", "projection_dim": 1280, "eos_token_id": 2}"#;
 /// `unet/config.json`.
-pub const UNET_CONFIG: &str = r#"{"in_channels": 4, "out_channels": 4, "center_input_sample": false,
+pub const UNET_CONFIG: &str = r#"{"sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": false,
  "flip_sin_to_cos": true, "freq_shift": 0,
  "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
  "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],

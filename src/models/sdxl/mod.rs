@@ -39,13 +39,17 @@ use vae::{VaeConfig, VaeDecoder};
 /// Most sampling steps `--sd-steps` accepts (Turbo is distilled for 1–4).
 pub const MAX_STEPS: usize = 4;
 
+/// Image side when neither the options nor the UNet config give one.
+const DEFAULT_SIZE: usize = 512;
+
 /// How the stage runs; the CLI's `--sd-steps` and `--keep-images` land here.
 #[derive(Debug, Clone)]
 pub struct SdxlOptions {
     /// Sampling steps, 1..=[`MAX_STEPS`].
     pub steps: usize,
-    /// Image side in pixels (a multiple of the VAE's 8).
-    pub size: usize,
+    /// Image side in pixels (a multiple of the VAE's 8). `None`: the UNet's `sample_size`
+    /// times the VAE's scale factor, as diffusers defaults (512 for SDXL Turbo).
+    pub size: Option<usize>,
     /// Save the reference image beside the asset (the driver does it with [`image_path_for`]).
     pub keep_images: bool,
     /// Decode with `madebyollin/sdxl-vae-fp16-fix` in half precision on CUDA instead of the
@@ -57,7 +61,7 @@ impl Default for SdxlOptions {
     fn default() -> Self {
         Self {
             steps: 1,
-            size: 512,
+            size: None,
             keep_images: false,
             fp16_fix_vae: false,
         }
@@ -67,6 +71,15 @@ impl Default for SdxlOptions {
 /// Where `--keep-images` puts the reference image of an asset: same name, `.sdxl.png`.
 pub fn image_path_for(asset: &Path) -> PathBuf {
     asset.with_extension("sdxl.png")
+}
+
+/// `--keep-images`: writes the stage's image as PNG beside `asset` (see [`image_path_for`]).
+pub fn save_reference_image(image: &RgbImage, asset: &Path) -> Result<PathBuf> {
+    let path = image_path_for(asset);
+    image
+        .save_with_format(&path, image::ImageFormat::Png)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Everything one run computed, for the golden tests and for debugging a bad image.
@@ -198,13 +211,17 @@ impl SdxlTurbo {
             Err(_) => SchedulerConfig::sdxl_turbo(),
         };
 
-        if options.size % vae.config.scale_factor() != 0 {
-            bail!(
-                "image size {} is not a multiple of {}",
-                options.size,
-                vae.config.scale_factor()
-            );
+        let scale = vae.config.scale_factor();
+        let size = options
+            .size
+            .unwrap_or_else(|| unet.config.sample_size.map_or(DEFAULT_SIZE, |s| s * scale));
+        if size == 0 || size % scale != 0 {
+            bail!("image size {size} is not a positive multiple of {scale}");
         }
+        let options = SdxlOptions {
+            size: Some(size),
+            ..options.clone()
+        };
         Ok(Self {
             tokenizer_1,
             tokenizer_2,
@@ -213,15 +230,21 @@ impl SdxlTurbo {
             unet,
             vae,
             scheduler,
-            options: options.clone(),
+            options,
             device: device.clone(),
             dtype,
             vae_dtype,
         })
     }
 
+    /// The options in effect (`size` resolved).
     pub fn options(&self) -> &SdxlOptions {
         &self.options
+    }
+
+    /// Image side in pixels.
+    pub fn size(&self) -> usize {
+        self.options.size.unwrap_or(DEFAULT_SIZE)
     }
 
     /// Both tokenizers' 77 ids for a prompt.
@@ -242,7 +265,7 @@ impl SdxlTurbo {
 
     /// The latent shape for the configured image size.
     pub fn latent_shape(&self) -> (usize, usize, usize, usize) {
-        let s = self.options.size / self.vae.config.scale_factor();
+        let s = self.size() / self.vae.config.scale_factor();
         (1, self.unet.config.in_channels, s, s)
     }
 
@@ -258,7 +281,7 @@ impl SdxlTurbo {
         timings: &mut Timings,
     ) -> Result<Trace> {
         let (prompt_embeds, text_embeds) = timings.time("sdxl_text_encoders", || self.encode(ids_1, ids_2))?;
-        let size = self.options.size as f32;
+        let size = self.size() as f32;
         // add_time_ids: original size, crop top-left, target size (no crop, same size).
         let time_ids = Tensor::new(&[[size, size, 0.0, 0.0, size, size]], &self.device)?.to_dtype(self.dtype)?;
         let sched = EulerAncestral::new(&self.scheduler, self.options.steps)?;

@@ -74,6 +74,9 @@ fn d_cross() -> usize {
 /// anything else is rejected by [`UNet::new`] rather than silently ignored.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UNetConfig {
+    /// Latent side the model was trained at (64 for SDXL Turbo → 512² images).
+    #[serde(default)]
+    pub sample_size: Option<usize>,
     #[serde(default = "d_four")]
     pub in_channels: usize,
     #[serde(default = "d_four")]
