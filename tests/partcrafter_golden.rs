@@ -560,3 +560,56 @@ fn partcrafter_golden_flop_count_matches_guide() {
         assert!((got / want - 1.0).abs() < 0.01);
     }
 }
+
+/// The image→parts stage trait runs the real latent path and hands each part's latents to
+/// the decoder; a failing part becomes `Failed` without stopping the others.
+#[test]
+fn partcrafter_golden_stage_trait() {
+    use lumen::geometry::mesh::TriMesh;
+    use lumen::models::partcrafter::{PartCrafter, PartDecoder};
+    use lumen::pipeline::{ImageToParts, PartOutcome};
+
+    /// Fails every second call, else returns a one-vertex mesh from the latents.
+    struct Probe(std::sync::atomic::AtomicUsize);
+    impl PartDecoder for Probe {
+        fn decode(&self, z: &Tensor, _: &mut Timings) -> anyhow::Result<PartOutcome> {
+            assert_eq!(z.dims(), &[5, 6]);
+            let first: f32 = z.flatten_all()?.get(0)?.to_scalar()?;
+            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 1 {
+                anyhow::bail!("no zero crossing");
+            }
+            Ok(PartOutcome::Mesh(TriMesh {
+                vertices: vec![[first, 0.0, 0.0]],
+                faces: vec![],
+            }))
+        }
+    }
+    let tmp = common::tempdir();
+    own_checkpoint(tmp.path());
+    let stage = PartCrafter {
+        latents: PartCrafterLatents::load(tmp.path(), &Device::Cpu, DType::F32).unwrap(),
+        decoder: Probe(Default::default()),
+        options: SamplerOptions {
+            steps: 2,
+            tokens: 5,
+            ..SamplerOptions::default()
+        },
+    };
+    let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 30, 30]));
+    let mut timings = Timings::default();
+    let parts = stage.parts(&img, 4, 3, &mut timings).unwrap();
+    assert_eq!(parts.len(), 4);
+    let failed: Vec<&String> = parts
+        .iter()
+        .filter_map(|p| match p {
+            PartOutcome::Failed(m) => Some(m),
+            PartOutcome::Mesh(_) => None,
+        })
+        .collect();
+    assert_eq!(failed, ["part 1: no zero crossing", "part 3: no zero crossing"]);
+    assert!(timings.0.contains_key("partcrafter_sample"));
+    println!(
+        "stage: 4 parts, {failed:?} from the probe decoder, timings {:?}",
+        timings.0.keys().collect::<Vec<_>>()
+    );
+}
