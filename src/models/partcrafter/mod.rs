@@ -21,7 +21,9 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use crate::pipeline::{ImageToParts, PartOutcome, Timings};
-use crate::weights::{check_safetensors_file, open_model_dir, read_config, safetensors_files};
+use crate::weights::{
+    check_safetensors_file, open_model_dir, read_config, safetensors_files, WeightsSource, PARTCRAFTER,
+};
 pub use dit::PartIds;
 pub use sampler::{SamplerOptions, SamplerTrace};
 
@@ -106,6 +108,13 @@ impl PartCrafterLatents {
             scheduler: RectifiedFlowScheduler::new(sched_cfg),
             device: device.clone(),
         })
+    }
+
+    /// Resolves the PartCrafter repository (`--weights DIR`, the hub cache, `HF_HUB_OFFLINE`)
+    /// and loads it.
+    pub fn from_source(source: &WeightsSource, device: &Device, dtype: DType) -> Result<Self> {
+        let repo = source.resolve(PARTCRAFTER, &format!("{TRANSFORMER_DIR}/config.json"))?;
+        Self::load(&repo.dir, device, dtype)
     }
 
     pub fn device(&self) -> &Device {
