@@ -344,7 +344,7 @@ impl PartCrafterDit {
             }
         }
         let h = self.norm_out.forward(&h)?;
-        if let Some(tr) = trace.as_deref_mut() {
+        if let Some(tr) = trace {
             tr.norm_out = Some(h.clone());
         }
         self.proj_out.forward(&h.narrow(1, 1, tokens)?)
