@@ -110,7 +110,7 @@ pub struct Attention {
 impl Attention {
     /// `cross_dim`: None for self-attention, the conditioning width for cross-attention.
     pub fn new(vb: VarBuilder, dim: usize, cross_dim: Option<usize>, heads: usize, qk_norm: bool) -> Result<Self> {
-        if dim % heads != 0 {
+        if heads == 0 || dim % heads != 0 {
             candle_core::bail!("width {dim} is not divisible by {heads} heads");
         }
         let hd = dim / heads;

@@ -229,18 +229,21 @@ impl PartCrafterDit {
             candle_core::bail!("batch of {b} rows is not a whole number of {num_parts}-part groups");
         }
         let cond = cond.to_dtype(self.dtype())?;
-        // Blocks whose kind has cross-attention disabled see zero conditioning.
+        // Blocks whose kind has cross-attention disabled see zero conditioning; the reference
+        // honours the two switches only when some block is global.
         let zeros = cond.zeros_like()?;
+        let any_global = self.global.iter().any(|&g| g);
         let kv = self
             .blocks
             .iter()
             .enumerate()
             .map(|(i, block)| {
-                let off = if self.global[i] {
-                    !self.cfg.enable_global_cross_attn
-                } else {
-                    !self.cfg.enable_local_cross_attn
-                };
+                let off = any_global
+                    && if self.global[i] {
+                        !self.cfg.enable_global_cross_attn
+                    } else {
+                        !self.cfg.enable_local_cross_attn
+                    };
                 block.cross_kv(if off { &zeros } else { &cond }, self.scope(i, num_parts))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -344,7 +347,7 @@ impl PartCrafterDit {
             }
         }
         let h = self.norm_out.forward(&h)?;
-        if let Some(tr) = trace.as_deref_mut() {
+        if let Some(tr) = trace {
             tr.norm_out = Some(h.clone());
         }
         self.proj_out.forward(&h.narrow(1, 1, tokens)?)

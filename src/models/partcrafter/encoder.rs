@@ -162,6 +162,9 @@ pub fn preprocess(image: &RgbImage, cfg: &PreprocessConfig, device: &Device) -> 
         3 => PilFilter::Bicubic,
         r => candle_core::bail!("preprocessor resample={r} is not supported (2 bilinear, 3 bicubic)"),
     };
+    if cfg.do_normalize && (cfg.image_mean.len() != 3 || cfg.image_std.len() != 3) {
+        candle_core::bail!("preprocessor image_mean and image_std need 3 values each (RGB)");
+    }
     let (w, h) = image.dimensions();
     let (w, h) = (w as usize, h as usize);
     if w == 0 || h == 0 {
@@ -510,6 +513,12 @@ impl Dinov2Model {
         };
         let d = cfg.hidden_size;
         let p = cfg.patch_size;
+        if p == 0 || cfg.num_attention_heads == 0 || d % cfg.num_attention_heads != 0 {
+            candle_core::bail!(
+                "DINOv2 config: patch_size {p}, hidden_size {d} and {} heads do not fit",
+                cfg.num_attention_heads
+            );
+        }
         let grid = cfg.image_size / p;
         let emb = vb.pp("embeddings");
         let position_embeddings = emb.get((1, 1 + grid * grid, d), "position_embeddings")?;

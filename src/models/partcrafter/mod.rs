@@ -22,8 +22,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use crate::pipeline::Timings;
-use crate::weights::{check_safetensors_file, open_model_dir, read_config, safetensors_files};
+use crate::pipeline::{ImageToParts, PartOutcome, Timings};
+use crate::weights::{
+    check_safetensors_file, open_model_dir, read_config, safetensors_files, WeightsSource, PARTCRAFTER,
+};
 pub use dit::PartIds;
 pub use sampler::{SamplerOptions, SamplerTrace};
 
@@ -110,6 +112,13 @@ impl PartCrafterLatents {
         })
     }
 
+    /// Resolves the PartCrafter repository (`--weights DIR`, the hub cache, `HF_HUB_OFFLINE`)
+    /// and loads it.
+    pub fn from_source(source: &WeightsSource, device: &Device, dtype: DType) -> Result<Self> {
+        let repo = source.resolve(PARTCRAFTER, &format!("{TRANSFORMER_DIR}/config.json"))?;
+        Self::load(&repo.dir, device, dtype)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -163,6 +172,40 @@ impl PartCrafterLatents {
                 trace,
             )
         })
+    }
+}
+
+/// Part latents (tokens, latent channels) → one part's mesh: the VAE decoder and surface
+/// extraction (issue 6) plug in here. An `Err` becomes [`PartOutcome::Failed`] for that part
+/// only, as upstream turns a failed extraction into a missing mesh.
+pub trait PartDecoder: Send + Sync {
+    fn decode(&self, part_latents: &Tensor, timings: &mut Timings) -> Result<PartOutcome>;
+}
+
+/// The image→parts stage: [`PartCrafterLatents`] then a [`PartDecoder`] per part.
+pub struct PartCrafter<Dec: PartDecoder> {
+    pub latents: PartCrafterLatents,
+    pub decoder: Dec,
+    /// Steps, guidance, tokens and part-id policy; the seed comes from each call.
+    pub options: SamplerOptions,
+}
+
+impl<Dec: PartDecoder> ImageToParts for PartCrafter<Dec> {
+    fn parts(&self, image: &RgbImage, num_parts: usize, seed: u64, timings: &mut Timings) -> Result<Vec<PartOutcome>> {
+        let opts = SamplerOptions {
+            seed,
+            ..self.options.clone()
+        };
+        let latents = self.latents.generate(image, num_parts, &opts, timings)?;
+        (0..num_parts)
+            .map(|p| {
+                let part = latents.get(p)?;
+                Ok(match self.decoder.decode(&part, timings) {
+                    Ok(outcome) => outcome,
+                    Err(e) => PartOutcome::Failed(format!("part {p}: {e:#}")),
+                })
+            })
+            .collect()
     }
 }
 
