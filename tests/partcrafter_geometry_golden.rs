@@ -240,8 +240,9 @@ fn check_mc_on_stored_grid(label: &str, grid: &Tensor, opts: &ExtractOptions, go
     let n = grid.dim(0).unwrap();
     let values: Vec<f32> = grid.flatten_all().unwrap().to_vec1().unwrap();
     let b = opts.bounds;
-    let mesh =
-        marching_cubes_dense(&values, [n, n, n], 0.0).map_vertices(|v| v.map(|x| x / n as f32 * (b - (-b)) + (-b)));
+    let mesh = marching_cubes_dense(&values, [n, n, n], 0.0)
+        .unwrap()
+        .map_vertices(|v| v.map(|x| x / n as f32 * (b - (-b)) + (-b)));
     let want = to_points(golden_vertices);
     let d = max_nearest(&mesh.vertices, &want, 1e-2);
     println!("{label} MC on stored grid: max vertex → golden vertex distance {d:.2e} (tol 1e-3)");
