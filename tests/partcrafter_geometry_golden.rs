@@ -631,3 +631,31 @@ fn partcrafter_geometry_golden_empty_part_fails() {
         }
     }
 }
+
+/// The half-precision path (what CUDA runs) on the CPU: same loader with dtype f16. Not a golden
+/// tolerance (the goldens are f32): this checks that every dtype conversion is in place and
+/// that f16 stays within the precision f16 can give (rel L2 ≤ 1e-2).
+#[test]
+fn partcrafter_geometry_golden_vae_decode_f16_plumbing() {
+    let Some((dir, manifest)) = common::component("partcrafter") else {
+        return;
+    };
+    let c = case(&manifest, "vae_decode");
+    let g = common::load_tensors(&dir.join(c["file"].as_str().unwrap()));
+    let tmp = common::tempdir();
+    synthetic_decoder(&manifest, tmp.path());
+    let decoder = SdfDecoder::load(&tmp.path().join("vae"), &Device::Cpu, DType::F16).unwrap();
+    let points = &g["points"];
+    for p in 0..g["latents"].dim(0).unwrap() {
+        let part = decoder.prepare(&g["latents"].i(p).unwrap()).unwrap();
+        for (mode, key) in [
+            (CrossAttention::Full, "sdf"),
+            (CrossAttention::TopKFirstChunk, "sdf_flash_topk"),
+        ] {
+            let got = decoder.decode_prepared(&part, points, mode).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let want = g[key].i(p).unwrap().flatten_all().unwrap();
+            common::check_close(&format!("vae f16 part{p} {key}"), &got, &want, 1e-2);
+        }
+    }
+}
