@@ -190,11 +190,17 @@ fn assemble(
 }
 
 /// Isosurface of a dense grid `values` of `dims` nodes (row-major, last axis fastest), at
-/// `level`. Vertices are in index units (node (i, j, k) at (i, j, k)).
-pub fn marching_cubes_dense(values: &[f32], dims: [usize; 3], level: f32) -> TriMesh {
-    assert_eq!(values.len(), dims[0] * dims[1] * dims[2], "grid size");
+/// `level`. Vertices are in index units (node (i, j, k) at (i, j, k)). Fails when `values`
+/// does not hold `dims` nodes.
+pub fn marching_cubes_dense(values: &[f32], dims: [usize; 3], level: f32) -> anyhow::Result<TriMesh> {
+    let n = dims[0] * dims[1] * dims[2];
+    anyhow::ensure!(
+        values.len() == n,
+        "grid of {} values is not {dims:?} = {n} nodes",
+        values.len()
+    );
     if dims.iter().any(|&d| d < 2) {
-        return TriMesh::default();
+        return Ok(TriMesh::default());
     }
     let at = |i: u32, j: u32, k: u32| values[(i as usize * dims[1] + j as usize) * dims[2] + k as usize];
     let tris: Vec<[u64; 3]> = (0..dims[0] as u32 - 1)
@@ -214,7 +220,7 @@ pub fn marching_cubes_dense(values: &[f32], dims: [usize; 3], level: f32) -> Tri
             out
         })
         .collect();
-    assemble(tris, dims, level, &at)
+    Ok(assemble(tris, dims, level, &at))
 }
 
 /// Isosurface through the given cells only (their lower corners, in node units of a lattice
@@ -286,7 +292,7 @@ mod tests {
     #[test]
     fn sphere_is_closed_outward_and_accurate() {
         let (v, dims) = sphere(24, 8.0);
-        let m = marching_cubes_dense(&v, dims, 0.0);
+        let m = marching_cubes_dense(&v, dims, 0.0).unwrap();
         assert!(is_closed_oriented(&m));
         let c = 11.5f32;
         let m = m.map_vertices(|p| [p[0] - c, p[1] - c, p[2] - c]);
@@ -303,7 +309,7 @@ mod tests {
         let n = 12;
         let v: Vec<f32> = (0..n * n * n).map(|_| rng.normal() as f32).collect();
         let dims = [n, n, n];
-        let m = marching_cubes_dense(&v, dims, 0.0);
+        let m = marching_cubes_dense(&v, dims, 0.0).unwrap();
         // Interior ambiguity can't break closure; the open grid boundary can, so pad with outside.
         let p = n + 2;
         let mut padded = vec![-1.0f32; p * p * p];
@@ -314,7 +320,7 @@ mod tests {
                 }
             }
         }
-        let mp = marching_cubes_dense(&padded, [p, p, p], 0.0);
+        let mp = marching_cubes_dense(&padded, [p, p, p], 0.0).unwrap();
         assert!(is_closed_oriented(&mp), "padded noise surface must be closed");
         let cells: Vec<[u32; 3]> = (0..n as u32 - 1)
             .flat_map(|i| (0..n as u32 - 1).flat_map(move |j| (0..n as u32 - 1).map(move |k| [i, j, k])))

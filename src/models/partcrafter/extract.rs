@@ -31,7 +31,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::vae::{CrossAttention, SdfDecoder};
+use super::vae::{CrossAttention, PreparedPart, SdfDecoder};
 use crate::geometry::marching_cubes::{marching_cubes_cells, marching_cubes_dense};
 use crate::geometry::mesh::TriMesh;
 use crate::pipeline::{PartOutcome, Timings};
@@ -68,18 +68,37 @@ enum NodeStore {
 const DENSE_NODES_MAX: u64 = 1 << 25;
 
 impl NodeStore {
-    fn new(nodes: u64) -> Self {
-        if nodes <= DENSE_NODES_MAX {
+    fn new(nodes: u64, dense_max: u64) -> Self {
+        if nodes <= dense_max {
             NodeStore::Dense(vec![f32::NAN; nodes as usize])
         } else {
             NodeStore::Sparse(HashMap::default())
         }
     }
 
+    /// A decoded value; field values are finite (checked), so NaN (absent) and +inf (queued)
+    /// never collide with one.
     fn get(&self, key: u64) -> Option<f32> {
         match self {
-            NodeStore::Dense(v) => Some(v[key as usize]).filter(|x| !x.is_nan()),
+            NodeStore::Dense(v) => Some(v[key as usize]).filter(|x| x.is_finite()),
             NodeStore::Sparse(m) => m.get(&key).copied(),
+        }
+    }
+
+    /// Marks an undecoded node as queued for decoding; true the first time. (The sparse store
+    /// cannot mark, so its callers deduplicate themselves.)
+    fn queue(&mut self, key: u64) -> bool {
+        match self {
+            NodeStore::Dense(v) => {
+                let x = &mut v[key as usize];
+                if x.is_nan() {
+                    *x = f32::INFINITY;
+                    true
+                } else {
+                    false
+                }
+            }
+            NodeStore::Sparse(m) => !m.contains_key(&key),
         }
     }
 
@@ -161,7 +180,11 @@ pub type Field<'a> = dyn FnMut(&[[f32; 3]]) -> Result<Vec<f32>> + 'a;
 
 /// Extracts one part's mesh from its latents (tokens, C) with the SDF decoder.
 pub fn extract_part(decoder: &SdfDecoder, latents: &Tensor, opts: &ExtractOptions) -> Result<PartGeometry> {
-    let part = decoder.prepare(latents)?;
+    extract_prepared(decoder, &decoder.prepare(latents)?, opts)
+}
+
+/// [`extract_part`] after [`SdfDecoder::prepare`].
+pub fn extract_prepared(decoder: &SdfDecoder, part: &PreparedPart, opts: &ExtractOptions) -> Result<PartGeometry> {
     let mut first = true;
     let mut field = |pts: &[[f32; 3]]| {
         let mode = if first {
@@ -170,13 +193,14 @@ pub fn extract_part(decoder: &SdfDecoder, latents: &Tensor, opts: &ExtractOption
             CrossAttention::Full
         };
         first = false;
-        decoder.decode_points(&part, pts, mode)
+        decoder.decode_points(part, pts, mode)
     };
     extract_field(&mut field, opts)
 }
 
 /// Extracts every part of one object, latents (N, tokens, C): a part that fails becomes
-/// [`PartOutcome::Failed`]. Decoding time is recorded under `sdf_decode_extract`.
+/// [`PartOutcome::Failed`]. Times go to `sdf_trunk` (once per part) and `sdf_extract`
+/// (decoding the query points and marching cubes).
 pub fn extract_parts(
     decoder: &SdfDecoder,
     latents: &Tensor,
@@ -187,7 +211,8 @@ pub fn extract_parts(
     let mut out = Vec::with_capacity(n);
     for p in 0..n {
         let z = latents.get(p)?;
-        let result = timings.time("sdf_decode_extract", || extract_part(decoder, &z, opts));
+        let part = timings.time("sdf_trunk", || decoder.prepare(&z))?;
+        let result = timings.time("sdf_extract", || extract_prepared(decoder, &part, opts));
         out.push(match result {
             Ok(g) => PartOutcome::Mesh(g.mesh),
             Err(e) => PartOutcome::Failed(format!("part {p}: {e:#}")),
@@ -397,7 +422,7 @@ pub fn reference_extract(
         grid = high;
         n = fine;
     }
-    let mesh = marching_cubes_dense(&grid, [n, n, n], 0.0);
+    let mesh = marching_cubes_dense(&grid, [n, n, n], 0.0)?;
     // Vertex frame: v / 2^d1 · (2b) + (−b), in f32 as upstream (so the mesh never reaches +b).
     let size = b - (-b);
     let mesh = mesh.map_vertices(|v| v.map(|x| x / n as f32 * size + (-b)));
@@ -412,6 +437,11 @@ pub fn reference_extract(
 
 /// Narrow-band coarse-to-fine extraction (module docs).
 pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeometry> {
+    fast_extract_with(field, opts, DENSE_NODES_MAX)
+}
+
+/// [`fast_extract`] with the dense node store allowed up to `dense_max` lattice nodes.
+fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -> Result<PartGeometry> {
     let (c, d) = (opts.fast_coarse_depth, opts.fast_depth);
     if c > d || d > 12 {
         bail!("fast extraction needs coarse depth ≤ depth ≤ 12, got {c} and {d}");
@@ -422,7 +452,7 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
     let h = 2.0 * b / cells as f64;
     let coord = |j: u32| (-b + j as f64 * h) as f32;
     let key = |i: u32, j: u32, k: u32| (i as u64 * nodes + j as u64) * nodes + k as u64;
-    let mut values = NodeStore::new(nodes * nodes * nodes);
+    let mut values = NodeStore::new(nodes * nodes * nodes, dense_max);
     let mut decoded = 0usize;
 
     let mut decode = |keys: Vec<[u32; 3]>, values: &mut NodeStore| -> Result<()> {
@@ -477,13 +507,18 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
     };
     loop {
         // Decode the corners the active cells still miss.
-        let mut missing: Vec<[u32; 3]> = active
-            .iter()
-            .flat_map(|&cell| corners(cell, s))
-            .filter(|p| values.get(key(p[0], p[1], p[2])).is_none())
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
+        let mut missing: Vec<[u32; 3]> = vec![];
+        for &cell in &active {
+            for p in corners(cell, s) {
+                if values.queue(key(p[0], p[1], p[2])) {
+                    missing.push(p);
+                }
+            }
+        }
+        if matches!(values, NodeStore::Sparse(_)) {
+            missing.sort_unstable();
+            missing.dedup();
+        }
         decode(missing, &mut values)?;
         let get = |p: [u32; 3]| values.get(key(p[0], p[1], p[2])).expect("corner decoded");
         if s == 1 {
@@ -531,8 +566,28 @@ pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeom
                 }
             }
         }
-        parents.sort_unstable();
-        parents.dedup();
+        if (per_axis as u64).pow(3) <= dense_max {
+            // Dedup through a bitmap of this level's cells (also yields sorted order).
+            let mut seen = vec![false; (per_axis as usize).pow(3)];
+            for p in &parents {
+                let g = p.map(|x| (x / s) as usize);
+                seen[(g[0] * per_axis as usize + g[1]) * per_axis as usize + g[2]] = true;
+            }
+            let pa = per_axis as usize;
+            parents = (0..seen.len())
+                .filter(|&i| seen[i])
+                .map(|i| {
+                    [
+                        (i / (pa * pa)) as u32 * s,
+                        ((i / pa) % pa) as u32 * s,
+                        (i % pa) as u32 * s,
+                    ]
+                })
+                .collect();
+        } else {
+            parents.sort_unstable();
+            parents.dedup();
+        }
         let half = s / 2;
         active = parents
             .iter()
@@ -722,4 +777,36 @@ fn mean_nearest(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
         })
         .sum();
     total / a.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sparse node store (lattices above 257³) and the dense one give the same result.
+    #[test]
+    fn fast_sparse_store_matches_dense() {
+        let opts = ExtractOptions {
+            fast_coarse_depth: 3,
+            fast_depth: 6,
+            ..Default::default()
+        };
+        let torus = |p: &[f32; 3]| {
+            let r = (p[0] * p[0] + p[1] * p[1]).sqrt() - 0.5;
+            0.2 - (r * r + p[2] * p[2]).sqrt()
+        };
+        let mut field = |pts: &[[f32; 3]]| Ok(pts.iter().map(torus).collect());
+        let dense = fast_extract_with(&mut field, &opts, DENSE_NODES_MAX).unwrap();
+        let sparse = fast_extract_with(&mut field, &opts, 0).unwrap();
+        println!(
+            "torus: {} decoded, {} faces, area {:.4} (exact {:.4})",
+            dense.decoded_points,
+            dense.mesh.faces.len(),
+            dense.mesh.area(),
+            4.0 * std::f64::consts::PI.powi(2) * 0.5 * 0.2
+        );
+        assert_eq!(dense.decoded_points, sparse.decoded_points);
+        assert_eq!(dense.mesh, sparse.mesh);
+        assert!((dense.mesh.area() / (4.0 * std::f64::consts::PI.powi(2) * 0.1) - 1.0).abs() < 0.01);
+    }
 }
