@@ -89,6 +89,10 @@ pub struct ModelArgs {
     /// SDXL Turbo steps (1 is what Turbo is made for; up to 4).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
     pub sd_steps: u32,
+    /// Surface-extraction lattice depth: 2^DEPTH cells per axis (8 = 256³; lower is faster and
+    /// coarser, parts thinner than a cell can be lost).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(3..=10))]
+    pub extract_depth: u32,
     /// Save the SDXL image, the mask and the prepared image beside the asset (images/<key>/).
     #[arg(long)]
     pub keep_images: bool,

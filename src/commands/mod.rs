@@ -54,6 +54,7 @@ impl From<&ModelArgs> for ModelOptions {
             sd_steps: m.sd_steps as usize,
             keep_images: m.keep_images,
             force_cpu: m.cpu,
+            extract_depth: m.extract_depth,
         }
     }
 }

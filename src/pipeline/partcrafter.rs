@@ -10,13 +10,13 @@ use image::RgbImage;
 
 use super::{BackgroundRemoval, ImageToParts, PartOutcome, TextToImage, Timings};
 use crate::asset::{DroppedPart, ModelInfo, PipelineInfo};
-use crate::shape::{GeneratedPart, GeneratedShape, ShapeGenerator, ShapeRequest};
-use crate::models::partcrafter::extract::{extract_parts, ExtractOptions};
+use crate::models::partcrafter::extract::{ExtractOptions, SurfaceExtractor};
 use crate::models::partcrafter::vae::SdfDecoder;
-use crate::models::partcrafter::{PartCrafterLatents, SamplerOptions};
+use crate::models::partcrafter::{PartCrafter, PartCrafterLatents, SamplerOptions};
 use crate::models::rmbg::RmbgStage;
 use crate::models::sdxl::prompt::canonical_prompt;
 use crate::models::sdxl::{SdxlOptions, SdxlTurbo};
+use crate::shape::{GeneratedPart, GeneratedShape, ShapeGenerator, ShapeRequest};
 use crate::weights::{self, WeightsSource};
 
 /// Settings of the model pipeline (command-line flags).
@@ -29,6 +29,8 @@ pub struct ModelOptions {
     pub sd_steps: usize,
     pub keep_images: bool,
     pub force_cpu: bool,
+    /// Depth of the surface-extraction lattice (2^depth cells per axis).
+    pub extract_depth: u32,
 }
 
 impl Default for ModelOptions {
@@ -41,6 +43,7 @@ impl Default for ModelOptions {
             sd_steps: 1,
             keep_images: false,
             force_cpu: false,
+            extract_depth: 8,
         }
     }
 }
@@ -88,48 +91,56 @@ impl PartCrafterGenerator {
         let device = select_device(options.force_cpu)?;
         let dtype = if device.is_cuda() { DType::F16 } else { DType::F32 };
 
-        let sd_options =
-            SdxlOptions { steps: options.sd_steps, keep_images: options.keep_images, ..SdxlOptions::default() };
-        let sdxl_repo = source.resolve(weights::SDXL_TURBO, "unet/config.json").context("SDXL Turbo stage")?;
+        let sd_options = SdxlOptions {
+            steps: options.sd_steps,
+            keep_images: options.keep_images,
+            ..SdxlOptions::default()
+        };
+        let sdxl_repo = source
+            .resolve(weights::SDXL_TURBO, "unet/config.json")
+            .context("SDXL Turbo stage")?;
         let sdxl = SdxlTurbo::load(&source, &device, &sd_options).context("SDXL Turbo stage")?;
-        let rmbg_repo = source.resolve(weights::RMBG, "model.safetensors").context("background removal stage")?;
+        let rmbg_repo = source
+            .resolve(weights::RMBG, "model.safetensors")
+            .context("background removal stage")?;
         let rmbg = RmbgStage::load(&source, &device).context("background removal stage")?;
-        let pc_repo = source.resolve(weights::PARTCRAFTER, "transformer/config.json").context("PartCrafter stage")?;
+        let pc_repo = source
+            .resolve(weights::PARTCRAFTER, "transformer/config.json")
+            .context("PartCrafter stage")?;
         let latents = PartCrafterLatents::load(&pc_repo.dir, &device, dtype).context("PartCrafter stage")?;
         let decoder = SdfDecoder::load(&pc_repo.dir.join("vae"), &device, dtype).context("PartCrafter SDF decoder")?;
 
         let models = [&sdxl_repo, &rmbg_repo, &pc_repo]
             .iter()
-            .map(|r| ModelInfo { id: r.repo.id.to_string(), revision: r.commit.clone() })
+            .map(|r| ModelInfo {
+                id: r.repo.id.to_string(),
+                revision: r.commit.clone(),
+            })
             .collect();
-        let parts = PartCrafterStage {
+        let parts = PartCrafter {
             latents,
-            decoder,
-            sampler: SamplerOptions {
+            decoder: SurfaceExtractor {
+                decoder,
+                options: ExtractOptions {
+                    fast_depth: options.extract_depth,
+                    fast_coarse_depth: ExtractOptions::default().fast_coarse_depth.min(options.extract_depth),
+                    ..ExtractOptions::default()
+                },
+            },
+            options: SamplerOptions {
                 steps: options.steps,
                 guidance: options.guidance,
                 tokens: options.tokens,
                 ..SamplerOptions::default()
             },
-            extract: ExtractOptions::default(),
         };
-        Ok(Self::from_stages(Box::new(sdxl), Box::new(rmbg), Box::new(parts), models, options.clone()))
-    }
-}
-
-/// Image → part meshes: PartCrafter's latents, then one surface per part from the SDF decoder.
-pub struct PartCrafterStage {
-    pub latents: PartCrafterLatents,
-    pub decoder: SdfDecoder,
-    pub sampler: SamplerOptions,
-    pub extract: ExtractOptions,
-}
-
-impl ImageToParts for PartCrafterStage {
-    fn parts(&self, image: &RgbImage, num_parts: usize, seed: u64, timings: &mut Timings) -> Result<Vec<PartOutcome>> {
-        let opts = SamplerOptions { seed, ..self.sampler.clone() };
-        let latents = self.latents.generate(image, num_parts, &opts, timings)?;
-        extract_parts(&self.decoder, &latents, &self.extract, timings)
+        Ok(Self::from_stages(
+            Box::new(sdxl),
+            Box::new(rmbg),
+            Box::new(parts),
+            models,
+            options.clone(),
+        ))
     }
 }
 

@@ -44,8 +44,20 @@ pub fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
 /// ‖got − want‖₂ / ‖want‖₂, computed in f64.
 pub fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let g: Vec<f64> = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let w: Vec<f64> = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let g: Vec<f64> = got
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let w: Vec<f64> = want
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
     let den: f64 = w.iter().map(|b| b * b).sum();
     if den == 0.0 {
@@ -57,7 +69,13 @@ pub fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
 
 /// Prints the measured error beside the tolerance and fails when it is exceeded.
 pub fn check_close(label: &str, got: &Tensor, want: &Tensor, tol: f64) -> f64 {
-    assert_eq!(got.dims(), want.dims(), "{label}: shape {:?} vs reference {:?}", got.dims(), want.dims());
+    assert_eq!(
+        got.dims(),
+        want.dims(),
+        "{label}: shape {:?} vs reference {:?}",
+        got.dims(),
+        want.dims()
+    );
     let err = rel_l2(got, want);
     let verdict = if err <= tol { "ok" } else { "FAIL" };
     println!("{label:<40} rel_l2 {err:.3e}  (tol {tol:.0e})  {verdict}");

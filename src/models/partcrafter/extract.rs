@@ -32,6 +32,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use super::vae::{CrossAttention, PreparedPart, SdfDecoder};
+use super::PartDecoder;
 use crate::geometry::marching_cubes::{marching_cubes_cells, marching_cubes_dense};
 use crate::geometry::mesh::TriMesh;
 use crate::pipeline::{PartOutcome, Timings};
@@ -198,27 +199,20 @@ pub fn extract_prepared(decoder: &SdfDecoder, part: &PreparedPart, opts: &Extrac
     extract_field(&mut field, opts)
 }
 
-/// Extracts every part of one object, latents (N, tokens, C): a part that fails becomes
-/// [`PartOutcome::Failed`]. Times go to `sdf_trunk` (once per part) and `sdf_extract`
-/// (decoding the query points and marching cubes).
-pub fn extract_parts(
-    decoder: &SdfDecoder,
-    latents: &Tensor,
-    opts: &ExtractOptions,
-    timings: &mut Timings,
-) -> Result<Vec<PartOutcome>> {
-    let n = latents.dim(0)?;
-    let mut out = Vec::with_capacity(n);
-    for p in 0..n {
-        let z = latents.get(p)?;
-        let part = timings.time("sdf_trunk", || decoder.prepare(&z))?;
-        let result = timings.time("sdf_extract", || extract_prepared(decoder, &part, opts));
-        out.push(match result {
-            Ok(g) => PartOutcome::Mesh(g.mesh),
-            Err(e) => PartOutcome::Failed(format!("part {p}: {e:#}")),
-        });
+/// One part's latents → its surface: the SDF decoder's trunk (once per part), then the
+/// chosen extraction. Plugged into [`super::PartCrafter`] as its [`PartDecoder`]; an error
+/// (no surface, degenerate surface) drops that part only.
+pub struct SurfaceExtractor {
+    pub decoder: SdfDecoder,
+    pub options: ExtractOptions,
+}
+
+impl PartDecoder for SurfaceExtractor {
+    fn decode(&self, part_latents: &Tensor, timings: &mut Timings) -> Result<PartOutcome> {
+        let part = timings.time("sdf_trunk", || self.decoder.prepare(part_latents))?;
+        let geometry = timings.time("sdf_extract", || extract_prepared(&self.decoder, &part, &self.options))?;
+        Ok(PartOutcome::Mesh(geometry.mesh))
     }
-    Ok(out)
 }
 
 /// Extracts a mesh from any field with the chosen mode, and checks it.

@@ -11,9 +11,9 @@ pub mod bench;
 pub mod block;
 pub mod dit;
 pub mod encoder;
+pub mod extract;
 pub mod sampler;
 pub mod scheduler;
-pub mod extract;
 pub mod vae;
 
 use std::path::Path;
