@@ -463,3 +463,71 @@ fn help_explains_each_subcommand() {
     let o = run_in(w.path(), &["--help"]);
     assert!(stdout(&o).contains("Exit codes"));
 }
+
+/// Unmounts the small filesystem of `full_disk_fails_cleanly` whatever the test's outcome.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_fails_cleanly_and_keeps_what_was_stored() {
+    let w = workdir();
+    let disk = w.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    // A 100 KiB filesystem holds two assets of ~40 KB. Mounting needs root; skip loudly without.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=100k", "tmpfs"])
+        .arg(&disk)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("\n*** SKIPPED full_disk_fails_cleanly: cannot mount a small tmpfs here (needs root) ***\n");
+        return;
+    }
+    let _guard = Mounted(disk.clone());
+    let store = disk.join("out");
+    let o = run_in(
+        w.path(),
+        &[
+            "generate",
+            "chair",
+            "mug",
+            "eagle",
+            "dog",
+            "--pipeline",
+            "procedural",
+            "--json",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v = json(&o);
+    let failed: Vec<_> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .collect();
+    assert!(!failed.is_empty());
+    assert!(
+        failed
+            .iter()
+            .all(|r| r["error"].as_str().unwrap().contains("No space left on device")),
+        "{failed:?}"
+    );
+    // What was stored is whole; nothing partial is visible as an asset.
+    let stored = shapes_in(&store);
+    assert_eq!(stored.len() + failed.len(), 4);
+    for bytes in stored.values() {
+        Asset::decode(bytes).unwrap();
+    }
+    let o = run_in(w.path(), &["stats", "--json", "--store", store.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&o)["assets"].as_u64().unwrap() as usize, stored.len());
+}
