@@ -400,9 +400,10 @@ impl Store {
     }
 }
 
-/// object_store paths keep characters outside its safe set percent-encoded; callers of
-/// `list` get back the names they wrote.
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes (invalid ones are kept as they are). object_store paths keep
+/// characters outside its safe set percent-encoded; callers of `list` get back the names
+/// they wrote.
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lumen::store::percent_decode;
+
 #[derive(Debug, Clone)]
 pub struct Object {
     pub data: Vec<u8>,
@@ -116,24 +118,6 @@ impl Drop for GcsServer {
         self.state.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
     }
-}
-
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn xml_escape(s: &str) -> String {
