@@ -152,6 +152,62 @@ mod tests {
         check(1, 1, 5, 9, 4, true);
     }
 
+    /// The shapes the models run (DINOv2 257 tokens, a local block 1025, a 4-part global
+    /// block 4100, a 50 k-point decoder chunk against 1024 latents), head dims 64 and 128.
+    /// Rows of attention are independent, so the f64 reference checks a spread of rows.
+    #[test]
+    fn matches_f64_reference_at_model_shapes() {
+        for &(lq, lk, d, causal) in &[
+            (257, 257, 64, false),
+            (1025, 1025, 128, false),
+            (4100, 4100, 128, false),
+            (50_000, 1024, 64, false),
+            (77, 77, 64, true),
+        ] {
+            let mut rng = crate::rng::Rng::new((lq + d) as u64);
+            let (qd, kd, vd) = (rng.normal_vec(lq * d), rng.normal_vec(lk * d), rng.normal_vec(lk * d));
+            let dev = Device::Cpu;
+            let q = Tensor::from_vec(qd.clone(), (1, 1, lq, d), &dev).unwrap();
+            let k = Tensor::from_vec(kd.clone(), (1, 1, lk, d), &dev).unwrap();
+            let v = Tensor::from_vec(vd.clone(), (1, 1, lk, d), &dev).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let got: Vec<f32> = attention(&q, &k, &v, scale, causal)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let rows: Vec<usize> = (0..lq).step_by((lq / 40).max(1)).chain([lq - 1]).collect();
+            let (mut num, mut den) = (0.0, 0.0);
+            for &i in &rows {
+                // A causal row i sees keys 0..=i (lq == lk in the causal case).
+                let keys = if causal { i + 1 } else { lk };
+                let want = reference(
+                    &qd[i * d..(i + 1) * d],
+                    &kd[..keys * d],
+                    &vd[..keys * d],
+                    1,
+                    1,
+                    keys,
+                    d,
+                    d,
+                    scale,
+                    false,
+                );
+                for t in 0..d {
+                    num += (got[i * d + t] as f64 - want[t]).powi(2);
+                    den += want[t] * want[t];
+                }
+            }
+            let rel = (num / den).sqrt();
+            println!(
+                "attention lq {lq} lk {lk} d {d} causal={causal}: rel_l2 {rel:.2e} over {} rows (tol 1e-5)",
+                rows.len()
+            );
+            assert!(rel <= 1e-5, "rel_l2 {rel}");
+        }
+    }
+
     #[test]
     fn blocks_queries_when_scores_exceed_budget() {
         // 4 × 8 heads × 1024 keys × 4 B = 128 KiB per query row → blocks of 2048 rows.
