@@ -96,6 +96,10 @@ pub struct ModelArgs {
     /// Save the SDXL image, the mask and the prepared image beside the asset (images/<key>/).
     #[arg(long)]
     pub keep_images: bool,
+    /// Decode SDXL latents with madebyollin/sdxl-vae-fp16-fix in half precision (CUDA) instead
+    /// of the checkpoint's VAE in f32.
+    #[arg(long)]
+    pub fp16_vae: bool,
     /// Run on the CPU even in a CUDA build.
     #[arg(long)]
     pub cpu: bool,

@@ -530,4 +530,37 @@ fn full_disk_fails_cleanly_and_keeps_what_was_stored() {
     let o = run_in(w.path(), &["stats", "--json", "--store", store.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(json(&o)["assets"].as_u64().unwrap() as usize, stored.len());
+
+    // A batch keeps going past every failing concept and ends with the summary, exit 1.
+    let o = run_in(
+        w.path(),
+        &[
+            "pregenerate",
+            "concepts/top50.json",
+            "--pipeline",
+            "procedural",
+            "--json",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(
+        v["skipped"].as_u64().unwrap() as usize,
+        stored.len(),
+        "the stored concepts are all in top50"
+    );
+    assert_eq!(
+        v["failed"].as_u64().unwrap() + v["done"].as_u64().unwrap() + v["skipped"].as_u64().unwrap(),
+        50
+    );
+    assert!(v["failed"].as_u64().unwrap() >= 45, "{}", v["failed"]);
+    assert_eq!(
+        v["failures"].as_array().unwrap().len() as u64,
+        v["failed"].as_u64().unwrap()
+    );
+    for bytes in shapes_in(&store).values() {
+        Asset::decode(bytes).unwrap();
+    }
 }

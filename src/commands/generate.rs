@@ -205,6 +205,22 @@ pub fn record_in_manifest(store: &Store, results: &[(ConceptResult, String, Stri
     Ok(())
 }
 
+/// Updates the manifest after a batch. A failure (say, a full disk) does not hide the
+/// batch's results: it is logged, returned for the summary, and makes the exit code 1; the
+/// assets themselves are stored and `stats --repair` rebuilds the manifest from them.
+pub fn manifest_update(store: &Store, results: &[(ConceptResult, String, String)]) -> Option<String> {
+    match record_in_manifest(store, results) {
+        Ok(()) => None,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            log(&format!(
+                "error: manifest.json not updated: {msg} (run `lumen stats --repair` once the store is healthy)"
+            ));
+            Some(msg)
+        }
+    }
+}
+
 fn new_entry(r: &ConceptResult, normalized: &str, created_at: &str) -> crate::store::ManifestEntry {
     crate::store::ManifestEntry {
         text: r.text.clone(),
@@ -267,13 +283,17 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
         }
         results.push((result, c.normalized.clone(), crate::time::now_rfc3339()));
     }
-    record_in_manifest(&store, &results)?;
+    let manifest_error = manifest_update(&store, &results);
     let failed = results.iter().filter(|(r, _, _)| r.status == "failed").count();
     if opts.json {
         let list: Vec<&ConceptResult> = results.iter().map(|(r, _, _)| r).collect();
-        emit_json(&serde_json::json!({ "results": list, "failed": failed }));
+        emit_json(&serde_json::json!({ "results": list, "failed": failed, "manifest_error": manifest_error }));
     }
-    Ok(if failed > 0 { exit::FAILED } else { exit::OK })
+    Ok(if failed > 0 || manifest_error.is_some() {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
 }
 
 pub fn human_line(r: &ConceptResult) -> String {

@@ -55,6 +55,7 @@ impl From<&ModelArgs> for ModelOptions {
             keep_images: m.keep_images,
             force_cpu: m.cpu,
             extract_depth: m.extract_depth,
+            fp16_vae: m.fp16_vae,
         }
     }
 }

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::generate::{generate_one, human_line, record_in_manifest, request_for, ConceptResult};
+use super::generate::{generate_one, human_line, manifest_update, request_for, ConceptResult};
 use super::{emit, emit_json, load_generators, log, stderr_is_tty, PipelineKind};
 use crate::cli::PregenerateArgs;
 use crate::concept::{Catalog, Collision, Concept, Shard};
@@ -75,6 +75,8 @@ struct Summary<'a> {
     failed: usize,
     failures: Vec<Failure>,
     collisions: Vec<Collision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest_error: Option<String>,
     results: Vec<&'a ConceptResult>,
 }
 
@@ -165,7 +167,7 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
             }
         }
     }
-    record_in_manifest(&store, &for_manifest)?;
+    let manifest_error = manifest_update(&store, &for_manifest);
 
     let count = |s: &str| results.iter().filter(|(r, _, _)| r.status == s).count();
     let done = count("created") + count("overwritten");
@@ -189,6 +191,7 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
         failed: failures.len(),
         failures,
         collisions,
+        manifest_error,
         results: results.iter().map(|(r, _, _)| r).collect(),
     };
     if opts.json {
@@ -205,7 +208,11 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
             emit(&format!("  collision: {:?} share key {}", c.texts, c.key));
         }
     }
-    Ok(if summary.failed > 0 { exit::FAILED } else { exit::OK })
+    Ok(if summary.failed > 0 || summary.manifest_error.is_some() {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
 }
 
 /// Test hook: `LUMEN_DEBUG_CONCEPT_DELAY_MS` slows each generated concept so integration

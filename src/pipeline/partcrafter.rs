@@ -31,6 +31,8 @@ pub struct ModelOptions {
     pub force_cpu: bool,
     /// Depth of the surface-extraction lattice (2^depth cells per axis).
     pub extract_depth: u32,
+    /// SDXL: decode with the fp16-safe VAE.
+    pub fp16_vae: bool,
 }
 
 impl Default for ModelOptions {
@@ -44,6 +46,7 @@ impl Default for ModelOptions {
             keep_images: false,
             force_cpu: false,
             extract_depth: 8,
+            fp16_vae: false,
         }
     }
 }
@@ -94,6 +97,7 @@ impl PartCrafterGenerator {
         let sd_options = SdxlOptions {
             steps: options.sd_steps,
             keep_images: options.keep_images,
+            fp16_fix_vae: options.fp16_vae,
             ..SdxlOptions::default()
         };
         let sdxl_repo = source
