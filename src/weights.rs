@@ -12,7 +12,8 @@
 //!
 //! Opening: safetensors files are memory-mapped into a candle `VarBuilder`; sharded
 //! checkpoints are followed through their `*.safetensors.index.json`. Errors name the
-//! file or tensor and say how to fetch what is missing.
+//! file or tensor and say how to fetch what is missing; weights that cannot be found are a
+//! configuration error (exit 2).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+
+use crate::error::UsageError;
 
 /// A Hugging Face model repository the pipeline reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,13 +107,14 @@ impl WeightsSource {
                     });
                 }
             }
-            bail!(
+            return Err(UsageError(format!(
                 "weights for {} not found under --weights {}: expected {}/{}/{required}",
                 repo.id,
                 dir.display(),
                 dir.display(),
                 repo.name()
-            );
+            ))
+            .into());
         }
         if let Some(found) = self.from_cache(repo, required)? {
             return Ok(found);
@@ -150,7 +154,7 @@ impl WeightsSource {
     #[cfg(feature = "hub")]
     fn download(&self, repo: Repo, required: &str) -> Result<RepoDir> {
         if self.offline {
-            bail!("{}", self.missing_message(repo, required));
+            return Err(UsageError(self.missing_message(repo, required)).into());
         }
         crate::hub::snapshot(&self.cache_dir, repo)?;
         self.from_cache(repo, required)?
@@ -159,7 +163,7 @@ impl WeightsSource {
 
     #[cfg(not(feature = "hub"))]
     fn download(&self, repo: Repo, required: &str) -> Result<RepoDir> {
-        bail!("{}", self.missing_message(repo, required))
+        Err(UsageError(self.missing_message(repo, required)).into())
     }
 
     fn missing_message(&self, repo: Repo, required: &str) -> String {

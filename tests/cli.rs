@@ -404,9 +404,22 @@ fn collisions_are_reported() {
 #[test]
 fn partcrafter_without_weights_fails_clearly_and_falls_back_when_asked() {
     let w = workdir();
+    // Missing weights are a configuration error: exit 2, naming the repo and how to fetch it.
     let o = run_in(w.path(), &["generate", "chair"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("partcrafter"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("partcrafter pipeline cannot run") && err.contains("stabilityai/sdxl-turbo"),
+        "{err}"
+    );
+    assert!(err.contains("huggingface-cli download"), "{err}");
+    let o = run_in(w.path(), &["generate", "chair", "--weights", "no-such-dir"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not found under --weights no-such-dir"),
+        "{}",
+        stderr(&o)
+    );
     assert!(shapes_in(&w.path().join("out")).is_empty(), "no fake asset");
     let o = run_in(w.path(), &["generate", "chair", "--fallback", "procedural", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command, ModelArgs, PipelineArg};
 use crate::pipeline::partcrafter::{ModelOptions, PartCrafterGenerator};
@@ -71,7 +71,9 @@ pub struct Generators {
 pub fn make_generator(kind: PipelineKind, model: &ModelOptions) -> Result<Arc<dyn ShapeGenerator>> {
     Ok(match kind {
         PipelineKind::Procedural => Arc::new(ProceduralGenerator),
-        PipelineKind::PartCrafter => Arc::new(PartCrafterGenerator::load(model)?),
+        PipelineKind::PartCrafter => {
+            Arc::new(PartCrafterGenerator::load(model).context("the partcrafter pipeline cannot run")?)
+        }
     })
 }
 
