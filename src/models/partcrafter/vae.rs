@@ -10,7 +10,7 @@
 //!   are processed in chunks of [`DECODE_CHUNK`] and memory stays bounded for any grid size.
 //!
 //! Quirks of the reference reproduced here (see the port guide §2.4, §3 and §4.6):
-//! - the head-interleaved Q/K/V split, folded into the weights once at load ([`interleaved_rows`]);
+//! - the head-interleaved Q/K/V split, folded into the weights once at load ([`deinterleave_heads`], shared with the DiT);
 //! - the output multiplied by −1 (positive inside);
 //! - optionally, the one-shot top-k ("flash") cross-attention of the pipeline's first decode.
 
@@ -21,6 +21,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::block::deinterleave_heads;
 use crate::attention::attention;
 use crate::synth::TensorSpec;
 
@@ -133,20 +134,6 @@ impl VaeConfig {
     }
 }
 
-/// Quirk (port guide §2.4): the reference concatenates the outputs of `n` projections
-/// (`to_q, to_k, to_v` or `to_k, to_v`), views them as (heads, n·hd) and cuts each head's chunk
-/// into its n roles. Equivalently, stack the weights' rows, view as (heads, n, hd, in) and take
-/// role `r` — done once here so that the forward pass is ordinary per-head attention.
-fn interleaved_rows(weights: &[Tensor], heads: usize) -> candle_core::Result<Vec<Tensor>> {
-    let n = weights.len();
-    let (out, inp) = weights[0].dims2()?;
-    let hd = out / heads;
-    let stacked = Tensor::cat(weights, 0)?.reshape((heads, n, hd, inp))?;
-    (0..n)
-        .map(|r| stacked.i((.., r))?.contiguous()?.reshape((out, inp)))
-        .collect()
-}
-
 fn linear_no_bias_from(w: Tensor) -> Linear {
     Linear::new(w, None)
 }
@@ -210,7 +197,7 @@ impl SelfBlock {
             .iter()
             .map(|n| a.pp(*n).get((w, w), "weight"))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut split = interleaved_rows(&raw, cfg.num_attention_heads)?.into_iter();
+        let mut split = deinterleave_heads(&raw, cfg.num_attention_heads, w / cfg.num_attention_heads)?.into_iter();
         Ok(Self {
             norm1: layer_norm(w, vb.pp("norm1"))?,
             q: linear_no_bias_from(split.next().unwrap()),
@@ -257,7 +244,7 @@ impl CrossBlock {
             .iter()
             .map(|n| a.pp(*n).get((w, w), "weight"))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut split = interleaved_rows(&kv, cfg.num_attention_heads)?.into_iter();
+        let mut split = deinterleave_heads(&kv, cfg.num_attention_heads, w / cfg.num_attention_heads)?.into_iter();
         Ok(Self {
             norm2: layer_norm(w, vb.pp("norm2"))?,
             norm_cross: layer_norm(w, a.pp("norm_cross"))?,
