@@ -126,4 +126,30 @@ fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
         let path = work.path().join("out/images").join(&asset.key).join(image);
         assert!(path.is_file(), "{} missing", path.display());
     }
+
+    // Preflight loads every stage and runs one tiny concept through them.
+    let o = lumen()
+        .current_dir(work.path())
+        .args([
+            "preflight",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--cpu",
+            "--json",
+            "--store",
+            "out",
+        ])
+        .args(["--catalog", concat!(env!("CARGO_MANIFEST_DIR"), "/concepts/top50.json")])
+        .output()
+        .unwrap();
+    println!("{}", stdout(&o));
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let run = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "partcrafter tiny end-to-end run")
+        .unwrap();
+    assert_eq!(run["status"], "ok", "{run}");
 }
