@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{check_close, component, load_tensors, specs, write_synth};
+use common::{check_close, component, load_tensors, specs, write_json, write_synth};
 use lumen::models::partcrafter::dit::{DitConfig, DitTrace, PartCrafterDit, PartIds};
 use lumen::models::partcrafter::encoder::{self, Dinov2Config, Dinov2Model, PreprocessConfig};
 use lumen::models::partcrafter::sampler::{self, SamplerTrace};
@@ -48,11 +48,6 @@ fn input_value(c: &Value, name: &str) -> Value {
         .find(|i| i["name"] == name)
         .unwrap_or_else(|| panic!("case {} has no input {name}", c["name"]))["value"]
         .clone()
-}
-
-fn write_json(path: &Path, v: &Value) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
 }
 
 /// A PartCrafter folder (transformer, image encoder, preprocessor and scheduler configs) with

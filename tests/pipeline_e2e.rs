@@ -13,11 +13,6 @@ use lumen::asset::Asset;
 use lumen::models::rmbg::{BriaRmbg, Config as RmbgConfig};
 use support::{lumen, stderr, stdout};
 
-fn write_json(path: &Path, v: &serde_json::Value) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
-}
-
 /// `DIR/sdxl-turbo`, `DIR/RMBG-1.4`, `DIR/PartCrafter` as `--weights DIR` expects them.
 fn synthetic_weights(dir: &Path) -> Option<()> {
     let (sdxl_dir, _) = common::component("sdxl")?;
@@ -25,7 +20,7 @@ fn synthetic_weights(dir: &Path) -> Option<()> {
     lumen::models::sdxl::synthetic::write_synthetic_repo(&sdxl_dir, &dir.join("sdxl-turbo")).unwrap();
 
     let rmbg = dir.join("RMBG-1.4");
-    write_json(&rmbg.join("config.json"), &serde_json::json!({"in_ch": 3, "out_ch": 1}));
+    common::write_json(&rmbg.join("config.json"), &serde_json::json!({"in_ch": 3, "out_ch": 1}));
     common::write_synth(
         &rmbg,
         "model.safetensors",
@@ -51,7 +46,7 @@ fn synthetic_weights(dir: &Path) -> Option<()> {
         ("feature_extractor_dinov2", "", "preprocessor_config.json", None),
         ("scheduler", "", "scheduler_config.json", None),
     ] {
-        write_json(&root.join(folder).join(config_name), &cfg[folder]);
+        common::write_json(&root.join(folder).join(config_name), &cfg[folder]);
         if let Some(t) = tensors {
             common::write_synth(&root.join(folder), file, &common::specs(&pc["tensors"][t]["entries"]));
         }

@@ -100,6 +100,12 @@ pub fn write_synth(dir: &Path, file: &str, entries: &[TensorSpec]) -> PathBuf {
     path
 }
 
+/// Writes `v` as pretty JSON at `path`, creating its folder (checkpoint `config.json`s).
+pub fn write_json(path: &Path, v: &serde_json::Value) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_string_pretty(v).unwrap()).unwrap();
+}
+
 /// A fresh temporary folder kept for the test's lifetime.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
