@@ -75,6 +75,28 @@ pub struct ConceptResult {
     pub timings_ms: Option<std::collections::BTreeMap<String, f64>>,
 }
 
+/// Unless `force`, a concept already stored is reported as `exists` without generating it
+/// (generation is the slow part); an error asking the store fails that concept only.
+pub fn stored_result(c: &Concept, store: &Store, force: bool) -> Option<ConceptResult> {
+    if force {
+        return None;
+    }
+    match store.exists(&Store::shape_rel(&c.key)) {
+        Ok(false) => None,
+        Ok(true) => Some(ConceptResult {
+            status: "exists".into(),
+            location: Some(format!(
+                "{}/{}",
+                store.url().trim_end_matches('/'),
+                Store::shape_rel(&c.key)
+            )),
+            error: None,
+            ..ConceptResult::failed(c, String::new())
+        }),
+        Err(e) => Some(ConceptResult::failed(c, format!("{e:#}"))),
+    }
+}
+
 impl ConceptResult {
     pub fn failed(c: &Concept, err: String) -> Self {
         Self {
@@ -253,31 +275,8 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
     let mut results = Vec::new();
     for c in &opts.concepts {
         let request = request_for(c, catalog.as_ref(), opts.parts, opts.seed, opts.points);
-        // An existing asset is kept unless --force: skip the (possibly slow) generation.
-        let existing = if opts.force {
-            false
-        } else {
-            store.exists(&Store::shape_rel(&c.key))?
-        };
-        let result = if existing {
-            ConceptResult {
-                text: c.text.clone(),
-                key: c.key.clone(),
-                status: "exists".into(),
-                location: Some(format!(
-                    "{}/{}",
-                    store.url().trim_end_matches('/'),
-                    Store::shape_rel(&c.key)
-                )),
-                pipeline: None,
-                parts: None,
-                bytes: None,
-                error: None,
-                timings_ms: None,
-            }
-        } else {
-            generate_one(&request, &gens, &store, opts.force)
-        };
+        let result =
+            stored_result(c, &store, opts.force).unwrap_or_else(|| generate_one(&request, &gens, &store, opts.force));
         if !opts.json {
             emit(&human_line(&result));
         }

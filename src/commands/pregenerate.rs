@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::generate::{generate_one, human_line, manifest_update, request_for, ConceptResult};
+use super::generate::{generate_one, human_line, manifest_update, request_for, stored_result, ConceptResult};
 use super::{emit, emit_json, load_generators, log, stderr_is_tty, PipelineKind};
 use crate::cli::PregenerateArgs;
 use crate::concept::{Catalog, Collision, Concept, Shard};
@@ -130,20 +130,11 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
     let results: Vec<(ConceptResult, String, String)> = pool.install(|| {
         mine.par_iter()
             .map(|c| {
-                let rel = Store::shape_rel(&c.key);
-                let result = match (opts.force, store.exists(&rel)) {
-                    (false, Ok(true)) => ConceptResult {
-                        status: "exists".into(),
-                        ..ConceptResult::failed(c, String::new())
-                    }
-                    .without_error(),
-                    (_, Err(e)) => ConceptResult::failed(c, format!("{e:#}")),
-                    _ => {
-                        let request = request_for(c, Some(&opts.catalog), None, None, opts.points);
-                        debug_delay();
-                        generate_one(&request, &gens, &store, opts.force)
-                    }
-                };
+                let result = stored_result(c, &store, opts.force).unwrap_or_else(|| {
+                    let request = request_for(c, Some(&opts.catalog), None, None, opts.points);
+                    debug_delay();
+                    generate_one(&request, &gens, &store, opts.force)
+                });
                 bar.inc(1);
                 bar.set_message(c.text.clone());
                 if per_item_lines && !opts.json {
@@ -223,12 +214,5 @@ fn debug_delay() {
         .and_then(|v| v.parse::<u64>().ok())
     {
         std::thread::sleep(Duration::from_millis(ms));
-    }
-}
-
-impl ConceptResult {
-    fn without_error(mut self) -> Self {
-        self.error = None;
-        self
     }
 }
