@@ -22,7 +22,7 @@ run: build
 
 # One build profile for tests (dev, with optimised dependencies): no second full build.
 test:
-	$(CARGO) test --locked
+	$(CARGO) test --locked --no-fail-fast
 
 bench:
 	$(CARGO) run --release -- bench
