@@ -10,21 +10,10 @@ use crate::bench::{measure, BenchOptions, BenchRow};
 use crate::rng::Rng;
 use crate::synth::write_synthetic_safetensors;
 
-fn device() -> Result<Device> {
-    #[cfg(feature = "cuda")]
-    {
-        Ok(Device::new_cuda(0)?)
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        Ok(Device::Cpu)
-    }
-}
-
 /// Rows: the d1 forward at 1024² (320² with `quick`), the input preparation of a 512² image
 /// and the mask post-processing back to 512².
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
-    let device = device()?;
+    let device = crate::pipeline::partcrafter::select_device(false)?;
     let cfg = Config::default();
     // A throw-away checkpoint folder: synthetic weights under the real tensor names.
     let dir = std::env::temp_dir().join(format!("lumen-bench-rmbg-{}", std::process::id()));
