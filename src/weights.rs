@@ -84,9 +84,7 @@ impl WeightsSource {
             .or_else(|| var("XDG_CACHE_HOME").map(|h| h.join("huggingface").join("hub")))
             .or_else(|| var("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
             .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false);
+        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_truthy(&v));
         Self {
             weights_dir,
             cache_dir,
@@ -176,6 +174,11 @@ impl WeightsSource {
             repo.id
         )
     }
+}
+
+/// `HF_HUB_OFFLINE` values the Python client treats as true.
+fn is_truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
 }
 
 fn is_commit_hash(s: &str) -> bool {
@@ -276,4 +279,139 @@ fn display_list(files: &[PathBuf]) -> String {
         .map(|f| f.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    /// A cache laid out as the Python client writes it: blobs named by etag, relative
+    /// symlinks from `snapshots/<commit>/…`, `refs/main` holding the commit.
+    fn hub_cache(root: &Path, repo: Repo, files: &[(&str, &[u8])]) {
+        let base = root.join(format!("models--{}", repo.id.replace('/', "--")));
+        std::fs::create_dir_all(base.join("blobs")).unwrap();
+        std::fs::create_dir_all(base.join("refs")).unwrap();
+        std::fs::write(base.join("refs/main"), COMMIT).unwrap();
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            let etag = format!("etag{i:04}");
+            std::fs::write(base.join("blobs").join(&etag), bytes).unwrap();
+            let link = base.join("snapshots").join(COMMIT).join(path);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            let depth = path.matches('/').count() + 2;
+            let target = format!("{}blobs/{etag}", "../".repeat(depth));
+            symlink(target, &link).unwrap();
+        }
+    }
+
+    fn source(cache: &Path, weights_dir: Option<PathBuf>) -> WeightsSource {
+        WeightsSource {
+            weights_dir,
+            cache_dir: cache.to_path_buf(),
+            offline: true,
+        }
+    }
+
+    #[test]
+    fn resolves_the_python_clients_cache_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        hub_cache(tmp.path(), RMBG, &[("model.safetensors", b"x"), ("config.json", b"{}")]);
+        let found = source(tmp.path(), None).resolve(RMBG, "model.safetensors").unwrap();
+        assert_eq!(found.commit, COMMIT);
+        assert_eq!(std::fs::read(found.dir.join("model.safetensors")).unwrap(), b"x");
+        // A nested file resolves through its relative link too.
+        hub_cache(tmp.path(), PARTCRAFTER, &[("transformer/config.json", b"{\"a\":1}")]);
+        let pc = source(tmp.path(), None)
+            .resolve(PARTCRAFTER, "transformer/config.json")
+            .unwrap();
+        assert_eq!(
+            std::fs::read(pc.dir.join("transformer/config.json")).unwrap(),
+            b"{\"a\":1}"
+        );
+    }
+
+    #[test]
+    fn weights_dir_wins_and_missing_weights_are_usage_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        hub_cache(tmp.path(), RMBG, &[("model.safetensors", b"cache")]);
+        let dir = tmp.path().join("models");
+        std::fs::create_dir_all(dir.join("RMBG-1.4")).unwrap();
+        std::fs::write(dir.join("RMBG-1.4/model.safetensors"), b"local").unwrap();
+        let found = source(tmp.path(), Some(dir.clone()))
+            .resolve(RMBG, "model.safetensors")
+            .unwrap();
+        assert_eq!(found.commit, "local");
+        assert_eq!(std::fs::read(found.dir.join("model.safetensors")).unwrap(), b"local");
+
+        let err = source(tmp.path(), Some(dir))
+            .resolve(SDXL_TURBO, "unet/config.json")
+            .unwrap_err();
+        assert!(
+            crate::error::is_usage(&err) && err.to_string().contains("sdxl-turbo"),
+            "{err:#}"
+        );
+        let err = source(&tmp.path().join("empty"), None)
+            .resolve(SDXL_TURBO, "unet/config.json")
+            .unwrap_err();
+        assert!(
+            crate::error::is_usage(&err) && err.to_string().contains("huggingface-cli download"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_cache_copied_without_blobs_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        hub_cache(tmp.path(), RMBG, &[("model.safetensors", b"x")]);
+        std::fs::remove_dir_all(tmp.path().join("models--briaai--RMBG-1.4/blobs")).unwrap();
+        let err = source(tmp.path(), None).resolve(RMBG, "model.safetensors").unwrap_err();
+        assert!(err.to_string().contains("broken link"), "{err:#}");
+    }
+
+    #[test]
+    fn sharded_checkpoints_and_corrupt_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index =
+            r#"{"weight_map": {"a": "part-2.safetensors", "b": "part-1.safetensors", "c": "part-2.safetensors"}}"#;
+        std::fs::write(tmp.path().join("diffusion_pytorch_model.safetensors.index.json"), index).unwrap();
+        let files = safetensors_files(tmp.path()).unwrap();
+        assert_eq!(
+            files,
+            vec![
+                tmp.path().join("part-1.safetensors"),
+                tmp.path().join("part-2.safetensors")
+            ]
+        );
+
+        let bad = tmp.path().join("bad.safetensors");
+        std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+        let err = open_safetensors(&[bad.clone()], DType::F32, &Device::Cpu)
+            .err()
+            .expect("corrupt file rejected");
+        assert!(
+            err.to_string().contains("corrupt or truncated") && err.to_string().contains("bad.safetensors"),
+            "{err:#}"
+        );
+        let err = open_safetensors(&[tmp.path().join("absent.safetensors")], DType::F32, &Device::Cpu)
+            .err()
+            .expect("missing file rejected");
+        assert!(err.to_string().contains("is missing"), "{err:#}");
+    }
+
+    #[test]
+    fn offline_flag_is_read_like_the_python_client() {
+        for (v, want) in [
+            ("1", true),
+            ("TRUE", true),
+            (" yes ", true),
+            ("on", true),
+            ("0", false),
+            ("", false),
+            ("no", false),
+        ] {
+            assert_eq!(is_truthy(v), want, "{v:?}");
+        }
+    }
 }
