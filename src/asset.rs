@@ -76,10 +76,7 @@ pub struct ToolInfo {
 
 impl ToolInfo {
     pub fn current() -> Self {
-        Self {
-            name: "lumen".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        }
+        Self { name: "lumen".into(), version: env!("CARGO_PKG_VERSION").into() }
     }
 }
 
@@ -141,44 +138,23 @@ impl Asset {
         }
         let expected_key = crate::concept::key_of(&self.normalized);
         if self.key != expected_key {
-            return Err(invalid(format!(
-                "key {} does not match normalized text (expected {expected_key})",
-                self.key
-            )));
+            return Err(invalid(format!("key {} does not match normalized text (expected {expected_key})", self.key)));
         }
-        let raw = B64
-            .decode(&self.positions)
-            .map_err(|e| invalid(format!("positions: bad base64 ({e})")))?;
+        let raw = B64.decode(&self.positions).map_err(|e| invalid(format!("positions: bad base64 ({e})")))?;
         if raw.len() != n * 12 {
-            return Err(invalid(format!(
-                "positions: {} bytes, expected {} for {n} points",
-                raw.len(),
-                n * 12
-            )));
+            return Err(invalid(format!("positions: {} bytes, expected {} for {n} points", raw.len(), n * 12)));
         }
-        let coords: Vec<f32> = raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let coords: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if let Some(i) = coords.iter().position(|x| !x.is_finite()) {
-            return Err(invalid(format!(
-                "positions: point {} has a non-finite coordinate",
-                i / 3
-            )));
+            return Err(invalid(format!("positions: point {} has a non-finite coordinate", i / 3)));
         }
         // Normalisation puts points in [-1, 1]³; allow float rounding only.
         if let Some(i) = coords.iter().position(|x| x.abs() > 1.0 + 1e-4) {
-            return Err(invalid(format!(
-                "positions: point {} lies outside [-1, 1]³ ({})",
-                i / 3,
-                coords[i]
-            )));
+            return Err(invalid(format!("positions: point {} lies outside [-1, 1]³ ({})", i / 3, coords[i])));
         }
         let positions: Vec<[f32; 3]> = coords.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
 
-        let part_ids = B64
-            .decode(&self.part_ids)
-            .map_err(|e| invalid(format!("part_ids: bad base64 ({e})")))?;
+        let part_ids = B64.decode(&self.part_ids).map_err(|e| invalid(format!("part_ids: bad base64 ({e})")))?;
         if part_ids.len() != n {
             return Err(invalid(format!("part_ids: {} entries, expected {n}", part_ids.len())));
         }
@@ -187,24 +163,14 @@ impl Asset {
             return Err(invalid(format!("part_names: {num_parts} names")));
         }
         if let Some((i, id)) = part_ids.iter().enumerate().find(|(_, &id)| id as usize > num_parts) {
-            return Err(invalid(format!(
-                "part_ids: point {i} has id {id} but only {num_parts} parts are named"
-            )));
+            return Err(invalid(format!("part_ids: point {i} has id {id} but only {num_parts} parts are named")));
         }
-        let attachment = B64
-            .decode(&self.attachment)
-            .map_err(|e| invalid(format!("attachment: bad base64 ({e})")))?;
+        let attachment = B64.decode(&self.attachment).map_err(|e| invalid(format!("attachment: bad base64 ({e})")))?;
         if attachment.len() != n {
-            return Err(invalid(format!(
-                "attachment: {} entries, expected {n}",
-                attachment.len()
-            )));
+            return Err(invalid(format!("attachment: {} entries, expected {n}", attachment.len())));
         }
         if self.parts.len() != num_parts {
-            return Err(invalid(format!(
-                "parts: {} summaries for {num_parts} part names",
-                self.parts.len()
-            )));
+            return Err(invalid(format!("parts: {} summaries for {num_parts} part names", self.parts.len())));
         }
         let mut counts = vec![0usize; num_parts + 1];
         for &id in &part_ids {
@@ -212,34 +178,19 @@ impl Asset {
         }
         for (i, p) in self.parts.iter().enumerate() {
             if p.id as usize != i + 1 {
-                return Err(invalid(format!(
-                    "parts[{i}]: id {} out of order (expected {})",
-                    p.id,
-                    i + 1
-                )));
+                return Err(invalid(format!("parts[{i}]: id {} out of order (expected {})", p.id, i + 1)));
             }
             if p.points != counts[i + 1] {
-                return Err(invalid(format!(
-                    "parts[{i}]: says {} points, part_ids has {}",
-                    p.points,
-                    counts[i + 1]
-                )));
+                return Err(invalid(format!("parts[{i}]: says {} points, part_ids has {}", p.points, counts[i + 1])));
             }
             if !(0.0..=1.0 + 1e-9).contains(&p.area_share) {
-                return Err(invalid(format!(
-                    "parts[{i}]: area_share {} outside [0, 1]",
-                    p.area_share
-                )));
+                return Err(invalid(format!("parts[{i}]: area_share {} outside [0, 1]", p.area_share)));
             }
         }
         if self.pipeline.name != "partcrafter" && self.pipeline.name != "procedural" {
             return Err(invalid(format!("pipeline {:?} is unknown", self.pipeline.name)));
         }
-        Ok(PointData {
-            positions,
-            part_ids,
-            attachment,
-        })
+        Ok(PointData { positions, part_ids, attachment })
     }
 }
 
@@ -279,11 +230,7 @@ mod tests {
                 },
             ],
             attachment: encode_u8(&[0, 255, 12]),
-            pipeline: PipelineInfo {
-                name: "procedural".into(),
-                models: vec![],
-                settings: Default::default(),
-            },
+            pipeline: PipelineInfo { name: "procedural".into(), models: vec![], settings: Default::default() },
             seed: 1,
             created_at: "2026-01-01T00:00:00Z".into(),
             timings_ms: Default::default(),
@@ -311,14 +258,8 @@ mod tests {
         };
         check(&|a| a.format = "lumen.shape/2".into(), "format");
         check(&|a| a.positions = encode_positions(&[[0.0; 3]; 2]), "positions");
-        check(
-            &|a| a.positions = encode_positions(&[[f32::NAN, 0.0, 0.0], [0.0; 3], [0.0; 3]]),
-            "non-finite",
-        );
-        check(
-            &|a| a.positions = encode_positions(&[[3.0, 0.0, 0.0], [0.0; 3], [0.0; 3]]),
-            "outside",
-        );
+        check(&|a| a.positions = encode_positions(&[[f32::NAN, 0.0, 0.0], [0.0; 3], [0.0; 3]]), "non-finite");
+        check(&|a| a.positions = encode_positions(&[[3.0, 0.0, 0.0], [0.0; 3], [0.0; 3]]), "outside");
         check(&|a| a.part_ids = encode_u8(&[1, 3, 1]), "id 3");
         check(&|a| a.part_ids = encode_u8(&[1, 2]), "part_ids");
         check(&|a| a.attachment = "@@".into(), "attachment");

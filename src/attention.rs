@@ -47,11 +47,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -
         outs.push(probs.matmul(&v)?);
         start += len;
     }
-    let out = if outs.len() == 1 {
-        outs.pop().unwrap()
-    } else {
-        Tensor::cat(&outs, 2)?
-    };
+    let out = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 2)? };
     out.to_dtype(out_dtype)
 }
 
@@ -88,19 +84,13 @@ mod tests {
         let mut out = vec![0.0; bh * lq * dv];
         for g in 0..bh {
             for i in 0..lq {
-                let limit = if causal {
-                    (i as i64 + lk as i64 - lq as i64).max(-1)
-                } else {
-                    lk as i64 - 1
-                };
+                let limit = if causal { (i as i64 + lk as i64 - lq as i64).max(-1) } else { lk as i64 - 1 };
                 let mut s: Vec<f64> = (0..lk)
                     .map(|j| {
                         if j as i64 > limit {
                             f64::NEG_INFINITY
                         } else {
-                            (0..d)
-                                .map(|t| q[(g * lq + i) * d + t] as f64 * k[(g * lk + j) * d + t] as f64)
-                                .sum::<f64>()
+                            (0..d).map(|t| q[(g * lq + i) * d + t] as f64 * k[(g * lk + j) * d + t] as f64).sum::<f64>()
                                 * scale
                         }
                     })
@@ -130,12 +120,7 @@ mod tests {
         let k = Tensor::from_vec(kd.clone(), (b, h, lk, d), &dev).unwrap();
         let v = Tensor::from_vec(vd.clone(), (b, h, lk, d), &dev).unwrap();
         let scale = 1.0 / (d as f64).sqrt();
-        let got: Vec<f32> = attention(&q, &k, &v, scale, causal)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let got: Vec<f32> = attention(&q, &k, &v, scale, causal).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let want = reference(&qd, &kd, &vd, b * h, lq, lk, d, d, scale, causal);
         let num: f64 = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
         let den: f64 = want.iter().map(|w| w * w).sum();
@@ -171,12 +156,7 @@ mod tests {
             let k = Tensor::from_vec(kd.clone(), (1, 1, lk, d), &dev).unwrap();
             let v = Tensor::from_vec(vd.clone(), (1, 1, lk, d), &dev).unwrap();
             let scale = 1.0 / (d as f64).sqrt();
-            let got: Vec<f32> = attention(&q, &k, &v, scale, causal)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let got: Vec<f32> = attention(&q, &k, &v, scale, causal).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let rows: Vec<usize> = (0..lq).step_by((lq / 40).max(1)).chain([lq - 1]).collect();
             let (mut num, mut den) = (0.0, 0.0);
             for &i in &rows {

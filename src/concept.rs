@@ -54,10 +54,7 @@ impl Concept {
     /// Validates user text: not empty, not absurdly long, no control characters.
     pub fn parse(text: &str) -> Result<Self, UsageError> {
         if text.chars().any(|c| c.is_control()) {
-            return Err(UsageError(format!(
-                "concept {:?} contains control characters",
-                preview(text)
-            )));
+            return Err(UsageError(format!("concept {:?} contains control characters", preview(text))));
         }
         let chars = text.chars().count();
         if chars > MAX_CONCEPT_CHARS {
@@ -73,11 +70,7 @@ impl Concept {
             )));
         }
         let key = key_of(&normalized);
-        Ok(Self {
-            text: text.trim().to_string(),
-            normalized,
-            key,
-        })
+        Ok(Self { text: text.trim().to_string(), normalized, key })
     }
 }
 
@@ -95,9 +88,7 @@ pub fn check_parts(parts: usize) -> Result<usize, UsageError> {
     if (1..=MAX_PARTS).contains(&parts) {
         Ok(parts)
     } else {
-        Err(UsageError(format!(
-            "--parts must be between 1 and {MAX_PARTS}, got {parts}"
-        )))
+        Err(UsageError(format!("--parts must be between 1 and {MAX_PARTS}, got {parts}")))
     }
 }
 
@@ -172,10 +163,7 @@ impl Catalog {
                 check_parts(p).map_err(|err| UsageError(format!("entry {i} ({}): {}", e.name, err.0)))?;
             }
             if e.part_names.len() > MAX_PARTS {
-                bail!(UsageError(format!(
-                    "entry {i} ({}): more than {MAX_PARTS} part names",
-                    e.name
-                )));
+                bail!(UsageError(format!("entry {i} ({}): more than {MAX_PARTS} part names", e.name)));
             }
         }
         Ok(Self { entries })
@@ -186,9 +174,7 @@ impl Catalog {
         let mut by_key: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
         for e in &self.entries {
             if let Ok(c) = Concept::parse(&e.name) {
-                let slot = by_key
-                    .entry(c.key.clone())
-                    .or_insert_with(|| (c.normalized.clone(), Vec::new()));
+                let slot = by_key.entry(c.key.clone()).or_insert_with(|| (c.normalized.clone(), Vec::new()));
                 slot.1.push(e.name.clone());
             }
         }
@@ -202,9 +188,7 @@ impl Catalog {
     /// Looks up the entry for a concept by key (name or alias).
     pub fn find(&self, concept: &Concept) -> Option<&CatalogEntry> {
         self.entries.iter().find(|e| {
-            std::iter::once(&e.name)
-                .chain(&e.aliases)
-                .any(|t| Concept::parse(t).is_ok_and(|c| c.key == concept.key))
+            std::iter::once(&e.name).chain(&e.aliases).any(|t| Concept::parse(t).is_ok_and(|c| c.key == concept.key))
         })
     }
 }
@@ -220,11 +204,7 @@ impl Shard {
     pub const ALL: Shard = Shard { index: 0, count: 1 };
 
     pub fn parse(s: &str) -> Result<Self, UsageError> {
-        let bad = || {
-            UsageError(format!(
-                "--shard takes INDEX/COUNT with 0 <= INDEX < COUNT (e.g. 0/4), got {s:?}"
-            ))
-        };
+        let bad = || UsageError(format!("--shard takes INDEX/COUNT with 0 <= INDEX < COUNT (e.g. 0/4), got {s:?}"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: usize = i.trim().parse().map_err(|_| bad())?;
         let count: usize = n.trim().parse().map_err(|_| bad())?;
@@ -239,13 +219,7 @@ impl Shard {
     /// count from `LUMEN_SHARD_COUNT` since Kubernetes does not export `completions`).
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, UsageError> {
         let num = |k: &str| -> Result<Option<usize>, UsageError> {
-            get(k)
-                .map(|v| {
-                    v.trim()
-                        .parse()
-                        .map_err(|_| UsageError(format!("{k}={v:?} is not a number")))
-                })
-                .transpose()
+            get(k).map(|v| v.trim().parse().map_err(|_| UsageError(format!("{k}={v:?} is not a number")))).transpose()
         };
         if let (Some(index), Some(count)) = (num("CLOUD_RUN_TASK_INDEX")?, num("CLOUD_RUN_TASK_COUNT")?) {
             return Self::parse(&format!("{index}/{count}")).map(Some);

@@ -17,12 +17,7 @@ pub fn snapshot(cache_dir: &Path, repo: Repo) -> Result<()> {
         .build_sync()
         .context("starting the Hugging Face Hub client")?;
     let (owner, name) = repo.id.split_once('/').unwrap_or(("", repo.id));
-    crate::commands::log(&format!(
-        "downloading {} ({}) into {}",
-        repo.id,
-        repo.revision,
-        cache_dir.display()
-    ));
+    crate::commands::log(&format!("downloading {} ({}) into {}", repo.id, repo.revision, cache_dir.display()));
     client
         .model(owner, name)
         .snapshot_download()

@@ -18,10 +18,7 @@ pub struct NamedPart {
 }
 
 fn part(name: &str, mesh: TriMesh) -> NamedPart {
-    NamedPart {
-        name: name.to_string(),
-        mesh,
-    }
+    NamedPart { name: name.to_string(), mesh }
 }
 
 /// Seeded proportions: `j(1.0)` is 1.0 ± 10 %.
@@ -40,17 +37,9 @@ type Template = fn(&mut Jitter) -> Vec<NamedPart>;
 const TEMPLATES: &[(&[&str], &str, Template)] = &[
     (&["sailboat", "yacht"], "sailboat", sailboat),
     (&["snowman"], "snowman", snowman),
-    (
-        &["motorcycle", "bicycle", "bike", "scooter"],
-        "two-wheeler",
-        two_wheeler,
-    ),
+    (&["motorcycle", "bicycle", "bike", "scooter"], "two-wheeler", two_wheeler),
     (&["helicopter"], "helicopter", helicopter),
-    (
-        &["airplane", "aeroplane", "plane", "jet", "aircraft"],
-        "airplane",
-        airplane,
-    ),
+    (&["airplane", "aeroplane", "plane", "jet", "aircraft"], "airplane", airplane),
     (&["rocket", "spaceship"], "rocket", rocket),
     (&["boat", "ship", "canoe"], "boat", boat),
     (&["train", "locomotive"], "train", train),
@@ -80,13 +69,7 @@ const TEMPLATES: &[(&[&str], &str, Template)] = &[
     (&["butterfly", "moth", "dragonfly"], "butterfly", butterfly),
     (&["turtle", "tortoise"], "turtle", turtle),
     (&["fish", "shark", "dolphin", "whale"], "fish", fish),
-    (
-        &[
-            "eagle", "bird", "duck", "owl", "parrot", "penguin", "chicken", "swan", "pigeon",
-        ],
-        "bird",
-        bird,
-    ),
+    (&["eagle", "bird", "duck", "owl", "parrot", "penguin", "chicken", "swan", "pigeon"], "bird", bird),
     (&["giraffe"], "giraffe", giraffe),
     (&["elephant"], "elephant", elephant),
     (
@@ -97,20 +80,7 @@ const TEMPLATES: &[(&[&str], &str, Template)] = &[
         "quadruped",
         quadruped,
     ),
-    (
-        &[
-            "robot",
-            "person",
-            "man",
-            "woman",
-            "human",
-            "astronaut",
-            "knight",
-            "soldier",
-        ],
-        "humanoid",
-        humanoid,
-    ),
+    (&["robot", "person", "man", "woman", "human", "astronaut", "knight", "soldier"], "humanoid", humanoid),
 ];
 
 /// The template a concept maps to (by keyword on whole words), or `None` for the generic one.
@@ -125,9 +95,7 @@ fn find_template(normalized: &str) -> Option<(&'static str, Template)> {
         .map(|w| w.trim_end_matches('s').to_string())
         .collect();
     TEMPLATES.iter().find_map(|(keys, name, f)| {
-        keys.iter()
-            .any(|k| words.iter().any(|w| w == k.trim_end_matches('s')))
-            .then_some((*name, *f))
+        keys.iter().any(|k| words.iter().any(|w| w == k.trim_end_matches('s'))).then_some((*name, *f))
     })
 }
 
@@ -178,16 +146,7 @@ fn legs(j: &mut Jitter, name: &str, xz: [f32; 2], top: f32, bottom: f32, r: f32)
     let r = j.j(r);
     [[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]]
         .iter()
-        .map(|s| {
-            part(
-                name,
-                cylinder(
-                    [s[0] * xz[0], bottom, s[1] * xz[1]],
-                    [s[0] * xz[0], top, s[1] * xz[1]],
-                    r,
-                ),
-            )
-        })
+        .map(|s| part(name, cylinder([s[0] * xz[0], bottom, s[1] * xz[1]], [s[0] * xz[0], top, s[1] * xz[1]], r)))
         .collect()
 }
 
@@ -236,10 +195,7 @@ fn shelf(j: &mut Jitter) -> Vec<NamedPart> {
         part("right side", cuboid([w, h / 2.0, 0.0], [0.03, h / 2.0, d])),
     ];
     for i in 0..4 {
-        p.push(part(
-            "shelf",
-            cuboid([0.0, 0.05 + i as f32 * (h - 0.1) / 3.0, 0.0], [w, 0.03, d]),
-        ));
+        p.push(part("shelf", cuboid([0.0, 0.05 + i as f32 * (h - 0.1) / 3.0, 0.0], [w, 0.03, d])));
     }
     p
 }
@@ -249,10 +205,7 @@ fn lamp(j: &mut Jitter) -> Vec<NamedPart> {
     vec![
         part("base", frustum([0.0, 0.0, 0.0], [0.0, 0.08, 0.0], j.j(0.3), 0.25)),
         part("pole", cylinder([0.0, 0.08, 0.0], [0.0, h, 0.0], 0.03)),
-        part(
-            "shade",
-            frustum([0.0, h - 0.1, 0.0], [0.0, h + 0.35, 0.0], j.j(0.4), 0.2),
-        ),
+        part("shade", frustum([0.0, h - 0.1, 0.0], [0.0, h + 0.35, 0.0], j.j(0.4), 0.2)),
     ]
 }
 
@@ -260,10 +213,7 @@ fn mug(j: &mut Jitter) -> Vec<NamedPart> {
     let (r, h) = (j.j(0.4), j.j(0.9));
     vec![
         part("body", cylinder([0.0, 0.0, 0.0], [0.0, h, 0.0], r)),
-        part(
-            "handle",
-            torus([r + 0.12, h / 2.0, 0.0], [0.0, 0.0, 1.0], j.j(0.2), 0.04),
-        ),
+        part("handle", torus([r + 0.12, h / 2.0, 0.0], [0.0, 0.0, 1.0], j.j(0.2), 0.04)),
     ]
 }
 
@@ -281,10 +231,7 @@ fn teapot(j: &mut Jitter) -> Vec<NamedPart> {
     let r = j.j(0.6);
     vec![
         part("body", ellipsoid([0.0, r * 0.8, 0.0], [r, r * 0.8, r])),
-        part(
-            "spout",
-            frustum([r * 0.8, r * 0.7, 0.0], [r * 1.6, r * 1.3, 0.0], 0.12, 0.06),
-        ),
+        part("spout", frustum([r * 0.8, r * 0.7, 0.0], [r * 1.6, r * 1.3, 0.0], 0.12, 0.06)),
         part("handle", torus([-r * 1.05, r * 0.85, 0.0], [0.0, 0.0, 1.0], 0.3, 0.05)),
         part("lid", ellipsoid([0.0, r * 1.6, 0.0], [r * 0.5, 0.12, r * 0.5])),
     ]
@@ -329,14 +276,8 @@ fn headphones(j: &mut Jitter) -> Vec<NamedPart> {
     let r = j.j(0.6);
     vec![
         part("headband", torus([0.0, 0.3, 0.0], [0.0, 0.0, 1.0], r, 0.05)),
-        part(
-            "left ear cup",
-            frustum([-r - 0.05, 0.0, 0.0], [-r + 0.1, 0.0, 0.0], 0.22, 0.2),
-        ),
-        part(
-            "right ear cup",
-            frustum([r + 0.05, 0.0, 0.0], [r - 0.1, 0.0, 0.0], 0.22, 0.2),
-        ),
+        part("left ear cup", frustum([-r - 0.05, 0.0, 0.0], [-r + 0.1, 0.0, 0.0], 0.22, 0.2)),
+        part("right ear cup", frustum([r + 0.05, 0.0, 0.0], [r - 0.1, 0.0, 0.0], 0.22, 0.2)),
     ]
 }
 
@@ -410,10 +351,7 @@ fn quadruped(j: &mut Jitter) -> Vec<NamedPart> {
     let mut p = vec![
         part("body", ellipsoid([0.0, h, 0.0], [l, 0.35, 0.3])),
         part("head", ellipsoid([l + 0.25, h + 0.35, 0.0], [0.25, 0.2, 0.18])),
-        part(
-            "tail",
-            cylinder([-l + 0.05, h + 0.05, 0.0], [-l - 0.4, h + 0.3, 0.0], 0.05),
-        ),
+        part("tail", cylinder([-l + 0.05, h + 0.05, 0.0], [-l - 0.4, h + 0.3, 0.0], 0.05)),
     ];
     p.extend(legs(j, "leg", [l * 0.7, 0.18], h - 0.2, 0.0, 0.08));
     p
@@ -432,10 +370,7 @@ fn elephant(j: &mut Jitter) -> Vec<NamedPart> {
     let h = j.j(1.3);
     p[0] = part("body", ellipsoid([0.0, h, 0.0], [0.9, 0.55, 0.5]));
     p[1] = part("head", ellipsoid([1.0, h + 0.3, 0.0], [0.35, 0.35, 0.3]));
-    p.push(part(
-        "trunk",
-        frustum([1.25, h + 0.2, 0.0], [1.35, 0.25, 0.0], 0.12, 0.06),
-    ));
+    p.push(part("trunk", frustum([1.25, h + 0.2, 0.0], [1.35, 0.25, 0.0], 0.12, 0.06)));
     p.push(part("left ear", ellipsoid([0.9, h + 0.35, 0.35], [0.08, 0.3, 0.25])));
     p.push(part("right ear", ellipsoid([0.9, h + 0.35, -0.35], [0.08, 0.3, 0.25])));
     p
@@ -483,10 +418,7 @@ fn spider(j: &mut Jitter) -> Vec<NamedPart> {
     for i in 0..8 {
         let side = if i < 4 { 1.0 } else { -1.0 };
         let x = 0.25 - (i % 4) as f32 * 0.15;
-        p.push(part(
-            "leg",
-            frustum([x * 0.5, 0.4, side * 0.1], [x * 1.6, 0.0, side * 0.7], 0.03, 0.02),
-        ));
+        p.push(part("leg", frustum([x * 0.5, 0.4, side * 0.1], [x * 1.6, 0.0, side * 0.7], 0.03, 0.02)));
     }
     p
 }
@@ -498,10 +430,7 @@ fn butterfly(j: &mut Jitter) -> Vec<NamedPart> {
         part("left forewing", ellipsoid([w, 0.0, 0.15], [w, 0.01, 0.3])),
         part("right forewing", ellipsoid([-w, 0.0, 0.15], [w, 0.01, 0.3])),
         part("left hindwing", ellipsoid([w * 0.7, 0.0, -0.25], [w * 0.7, 0.01, 0.22])),
-        part(
-            "right hindwing",
-            ellipsoid([-w * 0.7, 0.0, -0.25], [w * 0.7, 0.01, 0.22]),
-        ),
+        part("right hindwing", ellipsoid([-w * 0.7, 0.0, -0.25], [w * 0.7, 0.01, 0.22])),
     ]
 }
 
@@ -511,10 +440,7 @@ fn humanoid(j: &mut Jitter) -> Vec<NamedPart> {
         part("torso", cuboid([0.0, 1.25 * h, 0.0], [0.3, 0.4 * h, 0.15])),
         part("head", sphere([0.0, 1.9 * h, 0.0], 0.2)),
         part("left arm", cylinder([0.38, 1.6 * h, 0.0], [0.45, 0.95 * h, 0.0], 0.07)),
-        part(
-            "right arm",
-            cylinder([-0.38, 1.6 * h, 0.0], [-0.45, 0.95 * h, 0.0], 0.07),
-        ),
+        part("right arm", cylinder([-0.38, 1.6 * h, 0.0], [-0.45, 0.95 * h, 0.0], 0.07)),
         part("left leg", cylinder([0.15, 0.85 * h, 0.0], [0.17, 0.0, 0.0], 0.1)),
         part("right leg", cylinder([-0.15, 0.85 * h, 0.0], [-0.17, 0.0, 0.0], 0.1)),
     ]
@@ -526,19 +452,8 @@ fn snowman(j: &mut Jitter) -> Vec<NamedPart> {
         part("bottom ball", sphere([0.0, r, 0.0], r)),
         part("middle ball", sphere([0.0, 2.0 * r + 0.3, 0.0], r * 0.7)),
         part("head", sphere([0.0, 2.0 * r + 0.95, 0.0], r * 0.45)),
-        part(
-            "hat",
-            cylinder([0.0, 2.0 * r + 1.15, 0.0], [0.0, 2.0 * r + 1.5, 0.0], r * 0.3),
-        ),
-        part(
-            "nose",
-            frustum(
-                [0.0, 2.0 * r + 0.95, r * 0.4],
-                [0.0, 2.0 * r + 0.95, r * 0.9],
-                0.05,
-                0.0,
-            ),
-        ),
+        part("hat", cylinder([0.0, 2.0 * r + 1.15, 0.0], [0.0, 2.0 * r + 1.5, 0.0], r * 0.3)),
+        part("nose", frustum([0.0, 2.0 * r + 0.95, r * 0.4], [0.0, 2.0 * r + 0.95, r * 0.9], 0.05, 0.0)),
     ]
 }
 
@@ -550,10 +465,7 @@ fn car(j: &mut Jitter) -> Vec<NamedPart> {
     ];
     for (x, z) in [(1.0, 1.0), (-1.0, 1.0), (1.0, -1.0), (-1.0, -1.0)] {
         let c = [x * l * 0.65, 0.25, z * (w + 0.02)];
-        p.push(part(
-            "wheel",
-            cylinder([c[0], c[1], c[2] - 0.08], [c[0], c[1], c[2] + 0.08], 0.25),
-        ));
+        p.push(part("wheel", cylinder([c[0], c[1], c[2] - 0.08], [c[0], c[1], c[2] + 0.08], 0.25)));
     }
     p
 }
@@ -584,10 +496,7 @@ fn airplane(j: &mut Jitter) -> Vec<NamedPart> {
 fn helicopter(j: &mut Jitter) -> Vec<NamedPart> {
     vec![
         part("cabin", ellipsoid([0.0, 0.6, 0.0], [0.6, 0.4, 0.35])),
-        part(
-            "tail boom",
-            frustum([-0.4, 0.7, 0.0], [-j.j(1.6), 0.85, 0.0], 0.1, 0.05),
-        ),
+        part("tail boom", frustum([-0.4, 0.7, 0.0], [-j.j(1.6), 0.85, 0.0], 0.1, 0.05)),
         part("main rotor", cuboid([0.0, 1.1, 0.0], [j.j(1.5), 0.01, 0.06])),
         part("mast", cylinder([0.0, 0.95, 0.0], [0.0, 1.1, 0.0], 0.04)),
         part("skids", cuboid([0.0, 0.05, 0.0], [0.6, 0.03, 0.35])),
@@ -617,10 +526,7 @@ fn train(j: &mut Jitter) -> Vec<NamedPart> {
     let mut p = vec![
         part("boiler", cylinder([-0.2, 0.65, 0.0], [l, 0.65, 0.0], 0.35)),
         part("cab", cuboid([-0.5, 0.85, 0.0], [0.35, 0.45, 0.4])),
-        part(
-            "chimney",
-            frustum([l - 0.3, 0.95, 0.0], [l - 0.3, 1.35, 0.0], 0.1, 0.15),
-        ),
+        part("chimney", frustum([l - 0.3, 0.95, 0.0], [l - 0.3, 1.35, 0.0], 0.1, 0.15)),
     ];
     for x in [-0.5, 0.3, 1.1] {
         for z in [-0.42, 0.42] {

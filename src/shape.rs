@@ -55,26 +55,15 @@ impl ShapeGenerator for ProceduralGenerator {
     }
 
     fn generate(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<GeneratedShape> {
-        let parts = timings.time("procedural", || {
-            crate::procedural::build(&request.concept.normalized, request.parts, request.seed)
-        });
+        let parts = timings
+            .time("procedural", || crate::procedural::build(&request.concept.normalized, request.parts, request.seed));
         let template = crate::procedural::template_name(&request.concept.normalized).unwrap_or("generic");
         let mut settings = std::collections::BTreeMap::new();
         settings.insert("template".to_string(), serde_json::Value::from(template));
         Ok(GeneratedShape {
-            parts: parts
-                .into_iter()
-                .map(|p| GeneratedPart {
-                    name: Some(p.name),
-                    mesh: p.mesh,
-                })
-                .collect(),
+            parts: parts.into_iter().map(|p| GeneratedPart { name: Some(p.name), mesh: p.mesh }).collect(),
             dropped: vec![],
-            pipeline: PipelineInfo {
-                name: "procedural".into(),
-                models: Vec::<ModelInfo>::new(),
-                settings,
-            },
+            pipeline: PipelineInfo { name: "procedural".into(), models: Vec::<ModelInfo>::new(), settings },
             images: vec![],
         })
     }
@@ -98,37 +87,21 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
         }
     }
     if usable.is_empty() {
-        let reasons: Vec<String> = dropped
-            .iter()
-            .map(|d| format!("part {}: {}", d.index, d.reason))
-            .collect();
+        let reasons: Vec<String> = dropped.iter().map(|d| format!("part {}: {}", d.index, d.reason)).collect();
         bail!("every part failed, nothing to sample ({})", reasons.join("; "));
     }
     let meshes: Vec<TriMesh> = usable.iter().map(|p| p.mesh.clone()).collect();
-    let cloud = timings.time("sampling", || {
-        sample_parts(&meshes, &SampleOptions::new(request.points, request.seed))
-    })?;
+    let cloud =
+        timings.time("sampling", || sample_parts(&meshes, &SampleOptions::new(request.points, request.seed)))?;
 
     let default_name = |rank: usize, src: usize| -> String {
-        usable[src].name.clone().unwrap_or_else(|| {
-            if rank == 0 {
-                "body".into()
-            } else {
-                format!("part {}", rank + 1)
-            }
-        })
+        usable[src].name.clone().unwrap_or_else(|| if rank == 0 { "body".into() } else { format!("part {}", rank + 1) })
     };
     let part_names: Vec<String> = cloud
         .parts
         .iter()
         .enumerate()
-        .map(|(rank, p)| {
-            request
-                .part_names
-                .get(rank)
-                .cloned()
-                .unwrap_or_else(|| default_name(rank, p.source))
-        })
+        .map(|(rank, p)| request.part_names.get(rank).cloned().unwrap_or_else(|| default_name(rank, p.source)))
         .collect();
     let parts = cloud
         .parts
@@ -144,11 +117,7 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
             area_share: p.area_share,
         })
         .collect();
-    let timings_ms = timings
-        .0
-        .into_iter()
-        .map(|(k, v)| (k, (v * 1000.0).round() / 1000.0))
-        .collect();
+    let timings_ms = timings.0.into_iter().map(|(k, v)| (k, (v * 1000.0).round() / 1000.0)).collect();
     let asset = Asset {
         format: asset::FORMAT.into(),
         text: request.concept.text.clone(),
@@ -167,9 +136,7 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
         tool: ToolInfo::current(),
         dropped_parts: dropped,
     };
-    asset
-        .validate()
-        .map_err(|e| anyhow::anyhow!("internal error, produced {e}"))?;
+    asset.validate().map_err(|e| anyhow::anyhow!("internal error, produced {e}"))?;
     Ok(asset)
 }
 
@@ -208,42 +175,22 @@ mod tests {
         let good = crate::geometry::primitives::sphere([0.0; 3], 1.0);
         let shape = GeneratedShape {
             parts: vec![
-                GeneratedPart {
-                    name: None,
-                    mesh: TriMesh::default(),
-                },
+                GeneratedPart { name: None, mesh: TriMesh::default() },
                 GeneratedPart { name: None, mesh: good },
             ],
-            dropped: vec![DroppedPart {
-                index: 2,
-                reason: "decoder failed".into(),
-            }],
-            pipeline: PipelineInfo {
-                name: "partcrafter".into(),
-                models: vec![],
-                settings: Default::default(),
-            },
+            dropped: vec![DroppedPart { index: 2, reason: "decoder failed".into() }],
+            pipeline: PipelineInfo { name: "partcrafter".into(), models: vec![], settings: Default::default() },
             images: vec![],
         };
         let asset = build_asset(&req, shape, Timings::default()).unwrap();
         assert_eq!(asset.part_names, vec!["body"]);
         assert_eq!(asset.dropped_parts.len(), 2);
         let none = GeneratedShape {
-            parts: vec![GeneratedPart {
-                name: None,
-                mesh: TriMesh::default(),
-            }],
+            parts: vec![GeneratedPart { name: None, mesh: TriMesh::default() }],
             dropped: vec![],
-            pipeline: PipelineInfo {
-                name: "partcrafter".into(),
-                models: vec![],
-                settings: Default::default(),
-            },
+            pipeline: PipelineInfo { name: "partcrafter".into(), models: vec![], settings: Default::default() },
             images: vec![],
         };
-        assert!(build_asset(&req, none, Timings::default())
-            .unwrap_err()
-            .to_string()
-            .contains("every part failed"));
+        assert!(build_asset(&req, none, Timings::default()).unwrap_err().to_string().contains("every part failed"));
     }
 }

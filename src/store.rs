@@ -49,11 +49,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(30),
-            max_retries: 4,
-            gcs_service_account_key: None,
-        }
+        Self { timeout: Duration::from_secs(30), max_retries: 4, gcs_service_account_key: None }
     }
 }
 
@@ -61,10 +57,7 @@ impl StoreOptions {
     /// Defaults, with `LUMEN_STORE_TIMEOUT_MS` and `LUMEN_STORE_RETRIES` overrides.
     pub fn from_env() -> Self {
         let mut o = Self::default();
-        if let Some(ms) = std::env::var("LUMEN_STORE_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
+        if let Some(ms) = std::env::var("LUMEN_STORE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
             o.timeout = Duration::from_millis(ms);
         }
         if let Some(n) = std::env::var("LUMEN_STORE_RETRIES").ok().and_then(|v| v.parse().ok()) {
@@ -161,10 +154,7 @@ impl Store {
                 .map_err(|e| UsageError(format!("cannot configure Google Cloud Storage for {url}: {e}")))?;
             (Arc::new(gcs), ObjPath::from(prefix.trim_matches('/')))
         } else if url == "memory://" || url.starts_with("memory://") {
-            (
-                Arc::new(InMemory::new()),
-                ObjPath::from(url.trim_start_matches("memory://").trim_matches('/')),
-            )
+            (Arc::new(InMemory::new()), ObjPath::from(url.trim_start_matches("memory://").trim_matches('/')))
         } else if url.contains("://") && !url.starts_with("file://") {
             let scheme = url.split("://").next().unwrap_or("");
             return Err(UsageError(format!(
@@ -185,26 +175,13 @@ impl Store {
                 .map_err(|e| UsageError(format!("store folder {}: {e}", dir.display())))?;
             (Arc::new(fs), ObjPath::default())
         };
-        Ok(Self {
-            url: url.to_string(),
-            inner,
-            root,
-            rt,
-        })
+        Ok(Self { url: url.to_string(), inner, root, rt })
     }
 
     /// Wraps an existing object store (tests).
     pub fn from_object_store(url: &str, inner: Arc<dyn ObjectStore>, root: &str) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        Ok(Self {
-            url: url.to_string(),
-            inner,
-            root: ObjPath::from(root),
-            rt,
-        })
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        Ok(Self { url: url.to_string(), inner, root: ObjPath::from(root), rt })
     }
 
     pub fn url(&self) -> &str {
@@ -234,16 +211,9 @@ impl Store {
         let payload = PutPayload::from(Bytes::from(bytes));
         if force {
             let existed = self.exists(rel)?;
-            self.block(
-                self.inner
-                    .put_opts(&path, payload, PutOptions::from(PutMode::Overwrite)),
-            )
-            .with_context(|| format!("writing {rel} to {}", self.url))?;
-            return Ok(if existed {
-                PutOutcome::Overwritten
-            } else {
-                PutOutcome::Created
-            });
+            self.block(self.inner.put_opts(&path, payload, PutOptions::from(PutMode::Overwrite)))
+                .with_context(|| format!("writing {rel} to {}", self.url))?;
+            return Ok(if existed { PutOutcome::Overwritten } else { PutOutcome::Created });
         }
         match self.block(self.inner.put_opts(&path, payload, PutOptions::from(PutMode::Create))) {
             Ok(_) => Ok(PutOutcome::Created),
@@ -321,10 +291,7 @@ impl Store {
         let got = self.block(async {
             match self.inner.get(&path).await {
                 Ok(r) => {
-                    let version = UpdateVersion {
-                        e_tag: r.meta.e_tag.clone(),
-                        version: r.meta.version.clone(),
-                    };
+                    let version = UpdateVersion { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone() };
                     r.bytes().await.map(|b| Some((b, version)))
                 }
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -332,19 +299,10 @@ impl Store {
             }
         });
         match got.with_context(|| format!("reading manifest.json from {}", self.url))? {
-            None => Ok((
-                Manifest {
-                    format: MANIFEST_FORMAT.into(),
-                    ..Default::default()
-                },
-                None,
-            )),
+            None => Ok((Manifest { format: MANIFEST_FORMAT.into(), ..Default::default() }, None)),
             Some((bytes, version)) => {
                 let m: Manifest = serde_json::from_slice(&bytes).with_context(|| {
-                    format!(
-                        "manifest.json in {} is corrupt (rebuild it with `lumen stats --repair`)",
-                        self.url
-                    )
+                    format!("manifest.json in {} is corrupt (rebuild it with `lumen stats --repair`)", self.url)
                 })?;
                 Ok((m, Some(version)))
             }
@@ -366,10 +324,7 @@ impl Store {
                 _ => PutMode::Create,
             };
             let path = self.path("manifest.json");
-            match self.block(
-                self.inner
-                    .put_opts(&path, PutPayload::from(bytes.clone()), PutOptions::from(mode)),
-            ) {
+            match self.block(self.inner.put_opts(&path, PutPayload::from(bytes.clone()), PutOptions::from(mode))) {
                 Ok(_) => return Ok(m),
                 Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => continue,
                 Err(object_store::Error::NotImplemented { .. }) => {

@@ -68,11 +68,7 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn f32(name: impl Into<String>, shape: &[usize]) -> Self {
-        Self {
-            name: name.into(),
-            shape: shape.to_vec(),
-            dtype: "float32".into(),
-        }
+        Self { name: name.into(), shape: shape.to_vec(), dtype: "float32".into() }
     }
 
     /// Parses a manifest entry `{"name", "shape", "dtype"}`.
@@ -106,14 +102,8 @@ fn encode(spec: &TensorSpec, dtype_override: Option<StDtype>) -> Result<(StDtype
     };
     let bytes = match dtype {
         StDtype::F32 => vals.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
-        StDtype::F16 => vals
-            .iter()
-            .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
-            .collect(),
-        StDtype::BF16 => vals
-            .iter()
-            .flat_map(|&x| half::bf16::from_f64(x).to_le_bytes())
-            .collect(),
+        StDtype::F16 => vals.iter().flat_map(|&x| half::f16::from_f64(x).to_le_bytes()).collect(),
+        StDtype::BF16 => vals.iter().flat_map(|&x| half::bf16::from_f64(x).to_le_bytes()).collect(),
         StDtype::I64 => vals.iter().flat_map(|&x| (x as i64).to_le_bytes()).collect(),
         _ => unreachable!(),
     };
@@ -158,11 +148,7 @@ mod tests {
                     -0.5450031161308289,
                 ],
             ),
-            (
-                "b.bias",
-                &[3],
-                &[0.045288797467947006, -0.02597496658563614, 0.012674887664616108],
-            ),
+            ("b.bias", &[3], &[0.045288797467947006, -0.02597496658563614, 0.012674887664616108]),
             ("n.running_var", &[2], &[1.282861351966858, 1.4580398797988892]),
             ("ln.weight", &[2], &[1.0172375440597534, 0.9299784302711487]),
         ];

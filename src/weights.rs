@@ -38,22 +38,10 @@ impl Repo {
     }
 }
 
-pub const SDXL_TURBO: Repo = Repo {
-    id: "stabilityai/sdxl-turbo",
-    revision: "main",
-};
-pub const SDXL_VAE_FP16_FIX: Repo = Repo {
-    id: "madebyollin/sdxl-vae-fp16-fix",
-    revision: "main",
-};
-pub const RMBG: Repo = Repo {
-    id: "briaai/RMBG-1.4",
-    revision: "main",
-};
-pub const PARTCRAFTER: Repo = Repo {
-    id: "wgsxm/PartCrafter",
-    revision: "main",
-};
+pub const SDXL_TURBO: Repo = Repo { id: "stabilityai/sdxl-turbo", revision: "main" };
+pub const SDXL_VAE_FP16_FIX: Repo = Repo { id: "madebyollin/sdxl-vae-fp16-fix", revision: "main" };
+pub const RMBG: Repo = Repo { id: "briaai/RMBG-1.4", revision: "main" };
+pub const PARTCRAFTER: Repo = Repo { id: "wgsxm/PartCrafter", revision: "main" };
 
 /// Where to look for weights: built once from the command line and the environment.
 #[derive(Debug, Clone)]
@@ -85,11 +73,7 @@ impl WeightsSource {
             .or_else(|| var("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
             .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| is_truthy(&v));
-        Self {
-            weights_dir,
-            cache_dir,
-            offline,
-        }
+        Self { weights_dir, cache_dir, offline }
     }
 
     /// Finds a local folder for `repo` that contains `required` (a file path inside the repo
@@ -98,11 +82,7 @@ impl WeightsSource {
         if let Some(dir) = &self.weights_dir {
             for candidate in [dir.join(repo.name()), dir.join(repo.id), dir.clone()] {
                 if candidate.join(required).is_file() {
-                    return Ok(RepoDir {
-                        repo,
-                        dir: candidate,
-                        commit: "local".into(),
-                    });
+                    return Ok(RepoDir { repo, dir: candidate, commit: "local".into() });
                 }
             }
             return Err(UsageError(format!(
@@ -188,18 +168,14 @@ fn is_commit_hash(s: &str) -> bool {
 /// The safetensors files of one model folder: `model.safetensors`,
 /// `diffusion_pytorch_model.safetensors`, or the shards named by an index json.
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    for index in [
-        "model.safetensors.index.json",
-        "diffusion_pytorch_model.safetensors.index.json",
-    ] {
+    for index in ["model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"] {
         let index = dir.join(index);
         if index.is_file() {
             let text = std::fs::read_to_string(&index)?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-            let map = json["weight_map"]
-                .as_object()
-                .with_context(|| format!("{} has no weight_map", index.display()))?;
+            let map =
+                json["weight_map"].as_object().with_context(|| format!("{} has no weight_map", index.display()))?;
             let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
             return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
         }
@@ -257,11 +233,7 @@ pub fn check_safetensors_file(path: &Path) -> Result<HashMap<String, (safetensor
     let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&mmap)
         .map_err(|e| anyhow::anyhow!("weights file {} is corrupt or truncated: {e}", path.display()))?;
-    Ok(st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec())))
-        .collect())
+    Ok(st.tensors().into_iter().map(|(name, view)| (name, (view.dtype(), view.shape().to_vec()))).collect())
 }
 
 /// Checks that a loaded tensor has the expected shape, naming both when it does not
@@ -274,11 +246,7 @@ pub fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
 }
 
 fn display_list(files: &[PathBuf]) -> String {
-    files
-        .iter()
-        .map(|f| f.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -307,11 +275,7 @@ mod tests {
     }
 
     fn source(cache: &Path, weights_dir: Option<PathBuf>) -> WeightsSource {
-        WeightsSource {
-            weights_dir,
-            cache_dir: cache.to_path_buf(),
-            offline: true,
-        }
+        WeightsSource { weights_dir, cache_dir: cache.to_path_buf(), offline: true }
     }
 
     #[test]
@@ -323,13 +287,8 @@ mod tests {
         assert_eq!(std::fs::read(found.dir.join("model.safetensors")).unwrap(), b"x");
         // A nested file resolves through its relative link too.
         hub_cache(tmp.path(), PARTCRAFTER, &[("transformer/config.json", b"{\"a\":1}")]);
-        let pc = source(tmp.path(), None)
-            .resolve(PARTCRAFTER, "transformer/config.json")
-            .unwrap();
-        assert_eq!(
-            std::fs::read(pc.dir.join("transformer/config.json")).unwrap(),
-            b"{\"a\":1}"
-        );
+        let pc = source(tmp.path(), None).resolve(PARTCRAFTER, "transformer/config.json").unwrap();
+        assert_eq!(std::fs::read(pc.dir.join("transformer/config.json")).unwrap(), b"{\"a\":1}");
     }
 
     #[test]
@@ -339,26 +298,14 @@ mod tests {
         let dir = tmp.path().join("models");
         std::fs::create_dir_all(dir.join("RMBG-1.4")).unwrap();
         std::fs::write(dir.join("RMBG-1.4/model.safetensors"), b"local").unwrap();
-        let found = source(tmp.path(), Some(dir.clone()))
-            .resolve(RMBG, "model.safetensors")
-            .unwrap();
+        let found = source(tmp.path(), Some(dir.clone())).resolve(RMBG, "model.safetensors").unwrap();
         assert_eq!(found.commit, "local");
         assert_eq!(std::fs::read(found.dir.join("model.safetensors")).unwrap(), b"local");
 
-        let err = source(tmp.path(), Some(dir))
-            .resolve(SDXL_TURBO, "unet/config.json")
-            .unwrap_err();
-        assert!(
-            crate::error::is_usage(&err) && err.to_string().contains("sdxl-turbo"),
-            "{err:#}"
-        );
-        let err = source(&tmp.path().join("empty"), None)
-            .resolve(SDXL_TURBO, "unet/config.json")
-            .unwrap_err();
-        assert!(
-            crate::error::is_usage(&err) && err.to_string().contains("huggingface-cli download"),
-            "{err:#}"
-        );
+        let err = source(tmp.path(), Some(dir)).resolve(SDXL_TURBO, "unet/config.json").unwrap_err();
+        assert!(crate::error::is_usage(&err) && err.to_string().contains("sdxl-turbo"), "{err:#}");
+        let err = source(&tmp.path().join("empty"), None).resolve(SDXL_TURBO, "unet/config.json").unwrap_err();
+        assert!(crate::error::is_usage(&err) && err.to_string().contains("huggingface-cli download"), "{err:#}");
     }
 
     #[test]
@@ -377,19 +324,11 @@ mod tests {
             r#"{"weight_map": {"a": "part-2.safetensors", "b": "part-1.safetensors", "c": "part-2.safetensors"}}"#;
         std::fs::write(tmp.path().join("diffusion_pytorch_model.safetensors.index.json"), index).unwrap();
         let files = safetensors_files(tmp.path()).unwrap();
-        assert_eq!(
-            files,
-            vec![
-                tmp.path().join("part-1.safetensors"),
-                tmp.path().join("part-2.safetensors")
-            ]
-        );
+        assert_eq!(files, vec![tmp.path().join("part-1.safetensors"), tmp.path().join("part-2.safetensors")]);
 
         let bad = tmp.path().join("bad.safetensors");
         std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
-        let err = open_safetensors(&[bad.clone()], DType::F32, &Device::Cpu)
-            .err()
-            .expect("corrupt file rejected");
+        let err = open_safetensors(&[bad.clone()], DType::F32, &Device::Cpu).err().expect("corrupt file rejected");
         assert!(
             err.to_string().contains("corrupt or truncated") && err.to_string().contains("bad.safetensors"),
             "{err:#}"
@@ -402,15 +341,9 @@ mod tests {
 
     #[test]
     fn offline_flag_is_read_like_the_python_client() {
-        for (v, want) in [
-            ("1", true),
-            ("TRUE", true),
-            (" yes ", true),
-            ("on", true),
-            ("0", false),
-            ("", false),
-            ("no", false),
-        ] {
+        for (v, want) in
+            [("1", true), ("TRUE", true), (" yes ", true), ("on", true), ("0", false), ("", false), ("no", false)]
+        {
             assert_eq!(is_truthy(v), want, "{v:?}");
         }
     }

@@ -33,10 +33,7 @@ fn json(o: &std::process::Output) -> serde_json::Value {
 #[test]
 fn generate_writes_a_decodable_asset() {
     let w = workdir();
-    let o = run_in(
-        w.path(),
-        &["generate", "chair", "Bald Eagle", "--pipeline", "procedural", "--json"],
-    );
+    let o = run_in(w.path(), &["generate", "chair", "Bald Eagle", "--pipeline", "procedural", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["failed"], 0);
@@ -47,10 +44,7 @@ fn generate_writes_a_decodable_asset() {
         assert_eq!(asset.num_points, 2048);
         assert_eq!(points.positions.len(), 2048);
         assert_eq!(asset.pipeline.name, "procedural");
-        assert!(points
-            .part_ids
-            .iter()
-            .all(|&id| id >= 1 && id as usize <= asset.part_names.len()));
+        assert!(points.part_ids.iter().all(|&id| id >= 1 && id as usize <= asset.part_names.len()));
     }
     let chair = &v["results"][0];
     assert_eq!(chair["status"], "created");
@@ -66,26 +60,10 @@ fn generate_writes_a_decodable_asset() {
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("exists"), "{}", stdout(&o));
     assert_eq!(before, shapes_in(&w.path().join("out")));
-    let o = run_in(
-        w.path(),
-        &[
-            "generate",
-            "chair",
-            "--pipeline",
-            "procedural",
-            "--force",
-            "--store",
-            "again",
-        ],
-    );
+    let o = run_in(w.path(), &["generate", "chair", "--pipeline", "procedural", "--force", "--store", "again"]);
     assert_eq!(o.status.code(), Some(0));
-    let (a, pa) = Asset::decode(
-        before
-            .values()
-            .find(|b| Asset::decode(b).unwrap().0.text == "chair")
-            .unwrap(),
-    )
-    .unwrap();
+    let (a, pa) =
+        Asset::decode(before.values().find(|b| Asset::decode(b).unwrap().0.text == "chair").unwrap()).unwrap();
     let again = shapes_in(&w.path().join("again"));
     let (b, pb) = Asset::decode(again.values().next().unwrap()).unwrap();
     assert_eq!((a.key, pa.positions, pa.part_ids), (b.key, pb.positions, pb.part_ids));
@@ -106,22 +84,10 @@ fn bad_input_exits_2_with_a_clear_message_and_writes_nothing() {
         (vec!["generate", "chair\u{1b}[31m"], "control characters"),
         (vec!["generate", "chair", "--parts", "0"], "between 1 and 16"),
         (vec!["generate", "chair", "--parts", "17"], "between 1 and 16"),
-        (
-            vec!["generate", "chair", "--store", "s3://bucket/x"],
-            "unknown store URL scheme",
-        ),
-        (
-            vec!["generate", "chair", "--pipeline", "procedural", "--store", &under_file],
-            "not writable",
-        ),
-        (
-            vec!["pregenerate", "missing.json", "--pipeline", "procedural"],
-            "cannot read catalogue",
-        ),
-        (
-            vec!["pregenerate", "bad.json", "--pipeline", "procedural"],
-            "malformed catalogue",
-        ),
+        (vec!["generate", "chair", "--store", "s3://bucket/x"], "unknown store URL scheme"),
+        (vec!["generate", "chair", "--pipeline", "procedural", "--store", &under_file], "not writable"),
+        (vec!["pregenerate", "missing.json", "--pipeline", "procedural"], "cannot read catalogue"),
+        (vec!["pregenerate", "bad.json", "--pipeline", "procedural"], "malformed catalogue"),
         (vec!["pregenerate", "concepts/top50.json", "--shard", "3/2"], "--shard"),
         (vec!["generate"], "CONCEPT"),
         (vec!["frobnicate"], "unrecognized subcommand"),
@@ -139,38 +105,17 @@ fn bad_input_exits_2_with_a_clear_message_and_writes_nothing() {
 #[test]
 fn pregenerate_twice_skips_everything_the_second_time() {
     let w = workdir();
-    let o = run_in(
-        w.path(),
-        &[
-            "pregenerate",
-            "concepts/top50.json",
-            "--pipeline",
-            "procedural",
-            "--json",
-        ],
-    );
+    let o = run_in(w.path(), &["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
-    assert_eq!(
-        (v["done"].as_u64(), v["skipped"].as_u64(), v["failed"].as_u64()),
-        (Some(50), Some(0), Some(0))
-    );
+    assert_eq!((v["done"].as_u64(), v["skipped"].as_u64(), v["failed"].as_u64()), (Some(50), Some(0), Some(0)));
     let first = shapes_in(&w.path().join("out"));
     assert_eq!(first.len(), 50);
     let mtimes: Vec<_> = std::fs::read_dir(w.path().join("out/shapes"))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().modified().unwrap())
         .collect();
-    let o = run_in(
-        w.path(),
-        &[
-            "pregenerate",
-            "concepts/top50.json",
-            "--pipeline",
-            "procedural",
-            "--json",
-        ],
-    );
+    let o = run_in(w.path(), &["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json"]);
     assert_eq!(o.status.code(), Some(0));
     let v = json(&o);
     assert_eq!((v["done"].as_u64(), v["skipped"].as_u64()), (Some(0), Some(50)));
@@ -197,15 +142,7 @@ fn shards_split_the_catalogue_without_overlap() {
     for i in 0..3 {
         let o = run_in(
             w.path(),
-            &[
-                "pregenerate",
-                "concepts/top50.json",
-                "--pipeline",
-                "procedural",
-                "--shard",
-                &format!("{i}/3"),
-                "--json",
-            ],
+            &["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--shard", &format!("{i}/3"), "--json"],
         );
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let v = json(&o);
@@ -216,13 +153,7 @@ fn shards_split_the_catalogue_without_overlap() {
     // The Cloud Run variables pick the shard when --shard is absent.
     let o = lumen()
         .current_dir(w.path())
-        .args([
-            "pregenerate",
-            "concepts/top50.json",
-            "--pipeline",
-            "procedural",
-            "--json",
-        ])
+        .args(["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json"])
         .env("CLOUD_RUN_TASK_INDEX", "1")
         .env("CLOUD_RUN_TASK_COUNT", "3")
         .output()
@@ -235,14 +166,7 @@ fn killed_pregenerate_resumes_and_leaves_no_partial_blob() {
     let w = workdir();
     let mut child = lumen()
         .current_dir(w.path())
-        .args([
-            "pregenerate",
-            "concepts/top50.json",
-            "--pipeline",
-            "procedural",
-            "--jobs",
-            "2",
-        ])
+        .args(["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--jobs", "2"])
         .env("LUMEN_DEBUG_CONCEPT_DELAY_MS", "40")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -255,24 +179,11 @@ fn killed_pregenerate_resumes_and_leaves_no_partial_blob() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let partial = shapes_in(&w.path().join("out"));
-    assert!(
-        partial.len() >= 8 && partial.len() < 50,
-        "killed after {} assets",
-        partial.len()
-    );
+    assert!(partial.len() >= 8 && partial.len() < 50, "killed after {} assets", partial.len());
     for (name, bytes) in &partial {
         Asset::decode(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    let o = run_in(
-        w.path(),
-        &[
-            "pregenerate",
-            "concepts/top50.json",
-            "--pipeline",
-            "procedural",
-            "--json",
-        ],
-    );
+    let o = run_in(w.path(), &["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["skipped"].as_u64().unwrap() as usize, partial.len());
@@ -284,11 +195,7 @@ fn killed_pregenerate_resumes_and_leaves_no_partial_blob() {
     }
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(w.path().join("out/manifest.json")).unwrap()).unwrap();
-    assert_eq!(
-        manifest["entries"].as_object().unwrap().len(),
-        50,
-        "the rerun reconciles the manifest"
-    );
+    assert_eq!(manifest["entries"].as_object().unwrap().len(), 50, "the rerun reconciles the manifest");
 }
 
 #[test]
@@ -304,15 +211,7 @@ fn pregenerate_and_stats_against_gcs() {
             .unwrap()
     };
     let url = "gs://lumen-test/shapes-v1";
-    let o = run(&[
-        "pregenerate",
-        "concepts/top50.json",
-        "--pipeline",
-        "procedural",
-        "--store",
-        url,
-        "--json",
-    ]);
+    let o = run(&["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--store", url, "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(json(&o)["done"], 50);
     let names = server.object_names("lumen-test");
@@ -321,27 +220,11 @@ fn pregenerate_and_stats_against_gcs() {
     for n in names.iter().filter(|n| n.contains("/shapes/")) {
         Asset::decode(&server.get("lumen-test", n).unwrap().data).unwrap();
     }
-    let puts_before = server
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("PUT") && r.contains("/shapes/"))
-        .count();
-    let o = run(&[
-        "pregenerate",
-        "concepts/top50.json",
-        "--pipeline",
-        "procedural",
-        "--store",
-        url,
-        "--json",
-    ]);
+    let puts_before = server.requests().iter().filter(|r| r.starts_with("PUT") && r.contains("/shapes/")).count();
+    let o = run(&["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--store", url, "--json"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(json(&o)["skipped"], 50);
-    let puts_after = server
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("PUT") && r.contains("/shapes/"))
-        .count();
+    let puts_after = server.requests().iter().filter(|r| r.starts_with("PUT") && r.contains("/shapes/")).count();
     assert_eq!(puts_before, puts_after, "the second run wrote no asset");
     let o = run(&["stats", "--store", url, "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -356,11 +239,7 @@ fn stats_lists_corrupt_blobs_and_repair_rebuilds_the_manifest() {
     let o = run_in(w.path(), &["generate", "chair", "mug", "--pipeline", "procedural"]);
     assert_eq!(o.status.code(), Some(0));
     let out = w.path().join("out");
-    std::fs::write(
-        out.join("shapes/00000000deadbeef.json"),
-        b"{\"format\":\"lumen.shape/1\",\"trunc",
-    )
-    .unwrap();
+    std::fs::write(out.join("shapes/00000000deadbeef.json"), b"{\"format\":\"lumen.shape/1\",\"trunc").unwrap();
     std::fs::remove_file(out.join("manifest.json")).unwrap();
     let o = run_in(w.path(), &["stats", "--json"]);
     assert_eq!(o.status.code(), Some(2), "invalid blobs exit 2");
@@ -370,11 +249,7 @@ fn stats_lists_corrupt_blobs_and_repair_rebuilds_the_manifest() {
     assert!(s["invalid"][0]["error"].as_str().unwrap().contains("not JSON"));
     assert_eq!(s["manifest"]["missing"].as_array().unwrap().len(), 2);
     let o = run_in(w.path(), &["stats", "--repair"]);
-    assert!(
-        stdout(&o).contains("INVALID") && stdout(&o).contains("(rebuilt)"),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).contains("INVALID") && stdout(&o).contains("(rebuilt)"), "{}", stdout(&o));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["entries"].as_object().unwrap().len(), 2);
@@ -383,15 +258,8 @@ fn stats_lists_corrupt_blobs_and_repair_rebuilds_the_manifest() {
 #[test]
 fn collisions_are_reported() {
     let w = workdir();
-    std::fs::write(
-        w.path().join("c.json"),
-        r#"[{"name":"Chair"},{"name":"chair."},{"name":"lamp"}]"#,
-    )
-    .unwrap();
-    let o = run_in(
-        w.path(),
-        &["pregenerate", "c.json", "--pipeline", "procedural", "--json"],
-    );
+    std::fs::write(w.path().join("c.json"), r#"[{"name":"Chair"},{"name":"chair."},{"name":"lamp"}]"#).unwrap();
+    let o = run_in(w.path(), &["pregenerate", "c.json", "--pipeline", "procedural", "--json"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("same key"), "{}", stderr(&o));
     let v = json(&o);
@@ -408,18 +276,11 @@ fn partcrafter_without_weights_fails_clearly_and_falls_back_when_asked() {
     let o = run_in(w.path(), &["generate", "chair"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(
-        err.contains("partcrafter pipeline cannot run") && err.contains("stabilityai/sdxl-turbo"),
-        "{err}"
-    );
+    assert!(err.contains("partcrafter pipeline cannot run") && err.contains("stabilityai/sdxl-turbo"), "{err}");
     assert!(err.contains("huggingface-cli download"), "{err}");
     let o = run_in(w.path(), &["generate", "chair", "--weights", "no-such-dir"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("not found under --weights no-such-dir"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("not found under --weights no-such-dir"), "{}", stderr(&o));
     assert!(shapes_in(&w.path().join("out")).is_empty(), "no fake asset");
     let o = run_in(w.path(), &["generate", "chair", "--fallback", "procedural", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -432,27 +293,14 @@ fn preflight_reports_each_check() {
     let o = run_in(w.path(), &["preflight", "--pipeline", "procedural", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let v = json(&o);
-    let names: Vec<&str> = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = v["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"store") && names.contains(&"device") && names.contains(&"catalog"));
     // Without weights the model check fails: exit 3, the other checks still ran.
     let o = run_in(w.path(), &["preflight", "--json"]);
     assert_eq!(o.status.code(), Some(3));
     let v = json(&o);
     assert_eq!(v["ok"], false);
-    assert_eq!(
-        v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["status"] == "ok")
-            .count(),
-        4
-    );
+    assert_eq!(v["checks"].as_array().unwrap().iter().filter(|c| c["status"] == "ok").count(), 4);
     // A broken catalogue fails preflight too.
     std::fs::write(w.path().join("concepts/top50.json"), "[]").unwrap();
     let o = run_in(w.path(), &["preflight", "--pipeline", "procedural"]);
@@ -521,19 +369,9 @@ fn full_disk_fails_cleanly_and_keeps_what_was_stored() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let v = json(&o);
-    let failed: Vec<_> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["status"] == "failed")
-        .collect();
+    let failed: Vec<_> = v["results"].as_array().unwrap().iter().filter(|r| r["status"] == "failed").collect();
     assert!(!failed.is_empty());
-    assert!(
-        failed
-            .iter()
-            .all(|r| r["error"].as_str().unwrap().contains("No space left on device")),
-        "{failed:?}"
-    );
+    assert!(failed.iter().all(|r| r["error"].as_str().unwrap().contains("No space left on device")), "{failed:?}");
     // What was stored is whole; nothing partial is visible as an asset.
     let stored = shapes_in(&store);
     assert_eq!(stored.len() + failed.len(), 4);
@@ -559,20 +397,10 @@ fn full_disk_fails_cleanly_and_keeps_what_was_stored() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let v = json(&o);
-    assert_eq!(
-        v["skipped"].as_u64().unwrap() as usize,
-        stored.len(),
-        "the stored concepts are all in top50"
-    );
-    assert_eq!(
-        v["failed"].as_u64().unwrap() + v["done"].as_u64().unwrap() + v["skipped"].as_u64().unwrap(),
-        50
-    );
+    assert_eq!(v["skipped"].as_u64().unwrap() as usize, stored.len(), "the stored concepts are all in top50");
+    assert_eq!(v["failed"].as_u64().unwrap() + v["done"].as_u64().unwrap() + v["skipped"].as_u64().unwrap(), 50);
     assert!(v["failed"].as_u64().unwrap() >= 45, "{}", v["failed"]);
-    assert_eq!(
-        v["failures"].as_array().unwrap().len() as u64,
-        v["failed"].as_u64().unwrap()
-    );
+    assert_eq!(v["failures"].as_array().unwrap().len() as u64, v["failed"].as_u64().unwrap());
     for bytes in shapes_in(&store).values() {
         Asset::decode(bytes).unwrap();
     }

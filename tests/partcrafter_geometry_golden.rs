@@ -42,12 +42,7 @@ fn case<'a>(manifest: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
 }
 
 fn input<'a>(case: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    &case["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap()["value"]
+    &case["inputs"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap()["value"]
 }
 
 /// Extraction settings of a golden case: bounds and octree depths.
@@ -63,12 +58,7 @@ fn case_options(case: &serde_json::Value) -> ExtractOptions {
 }
 
 fn points_tensor(p: &[[f32; 3]]) -> Tensor {
-    Tensor::from_vec(
-        p.iter().flatten().copied().collect::<Vec<_>>(),
-        (p.len(), 3),
-        &Device::Cpu,
-    )
-    .unwrap()
+    Tensor::from_vec(p.iter().flatten().copied().collect::<Vec<_>>(), (p.len(), 3), &Device::Cpu).unwrap()
 }
 
 fn vec_tensor(v: &[f32]) -> Tensor {
@@ -76,11 +66,7 @@ fn vec_tensor(v: &[f32]) -> Tensor {
 }
 
 fn to_points(t: &Tensor) -> Vec<[f32; 3]> {
-    t.to_vec2::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(|r| [r[0], r[1], r[2]])
-        .collect()
+    t.to_vec2::<f32>().unwrap().into_iter().map(|r| [r[0], r[1], r[2]]).collect()
 }
 
 /// Refined points are compared as sets: both sides sorted by coordinates, values carried along.
@@ -88,14 +74,9 @@ fn sorted_pairs(points: &[[f32; 3]], values: &[f32]) -> (Vec<[f32; 3]>, Vec<f32>
     let mut idx: Vec<usize> = (0..points.len()).collect();
     idx.sort_by(|&a, &b| {
         let (p, q) = (points[a], points[b]);
-        p[0].total_cmp(&q[0])
-            .then(p[1].total_cmp(&q[1]))
-            .then(p[2].total_cmp(&q[2]))
+        p[0].total_cmp(&q[0]).then(p[1].total_cmp(&q[1])).then(p[2].total_cmp(&q[2]))
     });
-    (
-        idx.iter().map(|&i| points[i]).collect(),
-        idx.iter().map(|&i| values[i]).collect(),
-    )
+    (idx.iter().map(|&i| points[i]).collect(), idx.iter().map(|&i| values[i]).collect())
 }
 
 /// Checks one reference trace against a golden file with keys `{prefix}dense_points`, …
@@ -121,36 +102,16 @@ fn check_trace(
     );
     assert_eq!(trace.refine_points.len(), 1, "the goldens hold one refinement level");
     let want_pts = to_points(&g[&format!("{prefix}refine_points")]);
-    let want_vals: Vec<f32> = g[&format!("{prefix}refine_logits")]
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    println!(
-        "{label} refine point count {} (reference {})",
-        trace.refine_points[0].len(),
-        want_pts.len()
-    );
-    assert_eq!(
-        trace.refine_points[0].len(),
-        want_pts.len(),
-        "{label}: refined point count"
-    );
+    let want_vals: Vec<f32> = g[&format!("{prefix}refine_logits")].flatten_all().unwrap().to_vec1().unwrap();
+    println!("{label} refine point count {} (reference {})", trace.refine_points[0].len(), want_pts.len());
+    assert_eq!(trace.refine_points[0].len(), want_pts.len(), "{label}: refined point count");
     let (gp, gv) = sorted_pairs(&trace.refine_points[0], &trace.refine_logits[0]);
     let (wp, wv) = sorted_pairs(&want_pts, &want_vals);
-    let max_dev = gp
-        .iter()
-        .zip(&wp)
-        .map(|(a, b)| (0..3).map(|i| (a[i] - b[i]).abs()).fold(0f32, f32::max))
-        .fold(0f32, f32::max);
+    let max_dev =
+        gp.iter().zip(&wp).map(|(a, b)| (0..3).map(|i| (a[i] - b[i]).abs()).fold(0f32, f32::max)).fold(0f32, f32::max);
     println!("{label} refine point set: max |Δ| {max_dev:.2e} (tol 1e-6)");
     assert!(max_dev <= 1e-6, "{label}: refined point sets differ");
-    common::check_close(
-        &format!("{label} refine_logits"),
-        &vec_tensor(&gv),
-        &vec_tensor(&wv),
-        tol("refine_logits"),
-    );
+    common::check_close(&format!("{label} refine_logits"), &vec_tensor(&gv), &vec_tensor(&wv), tol("refine_logits"));
     common::check_close(
         &format!("{label} final_grid"),
         &vec_tensor(&trace.final_grid),
@@ -169,13 +130,7 @@ struct Stats {
 
 fn stats(m: &TriMesh) -> Stats {
     let (lo, hi) = m.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
-    Stats {
-        vertices: m.vertices.len(),
-        faces: m.faces.len(),
-        area: m.area(),
-        lo,
-        hi,
-    }
+    Stats { vertices: m.vertices.len(), faces: m.faces.len(), area: m.area(), lo, hi }
 }
 
 fn golden_stats(s: &serde_json::Value) -> Stats {
@@ -193,9 +148,7 @@ fn golden_stats(s: &serde_json::Value) -> Stats {
 }
 
 fn bbox_dev(a: &Stats, b: &Stats) -> f32 {
-    (0..3)
-        .map(|i| (a.lo[i] - b.lo[i]).abs().max((a.hi[i] - b.hi[i]).abs()))
-        .fold(0f32, f32::max)
+    (0..3).map(|i| (a.lo[i] - b.lo[i]).abs().max((a.hi[i] - b.hi[i]).abs())).fold(0f32, f32::max)
 }
 
 fn print_stats(label: &str, got: &Stats, want: &Stats) {
@@ -264,24 +217,12 @@ fn partcrafter_geometry_golden_vae_decode() {
     for p in 0..g["latents"].dim(0).unwrap() {
         let latents = g["latents"].i(p).unwrap();
         let part = decoder.prepare(&latents).unwrap();
-        common::check_close(
-            &format!("vae part{p} kv_cache"),
-            &part.kv_cache,
-            &g["kv_cache"].i(p).unwrap(),
-            tol,
-        );
+        common::check_close(&format!("vae part{p} kv_cache"), &part.kv_cache, &g["kv_cache"].i(p).unwrap(), tol);
         let full = decoder.decode_prepared(&part, points, CrossAttention::Full).unwrap();
-        common::check_close(
-            &format!("vae part{p} sdf"),
-            &full,
-            &g["sdf"].i(p).unwrap().flatten_all().unwrap(),
-            tol,
-        );
+        common::check_close(&format!("vae part{p} sdf"), &full, &g["sdf"].i(p).unwrap().flatten_all().unwrap(), tol);
         let plain = decoder.decode(&latents, points).unwrap();
         assert_eq!(plain.to_vec1::<f32>().unwrap(), full.to_vec1::<f32>().unwrap());
-        let topk = decoder
-            .decode_prepared(&part, points, CrossAttention::TopKFirstChunk)
-            .unwrap();
+        let topk = decoder.decode_prepared(&part, points, CrossAttention::TopKFirstChunk).unwrap();
         common::check_close(
             &format!("vae part{p} sdf_flash_topk"),
             &topk,
@@ -292,10 +233,7 @@ fn partcrafter_geometry_golden_vae_decode() {
 }
 
 fn sphere_field(pts: &[[f32; 3]]) -> anyhow::Result<Vec<f32>> {
-    Ok(pts
-        .iter()
-        .map(|p| 60.0f32 * (0.6 - (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt()))
-        .collect())
+    Ok(pts.iter().map(|p| 60.0f32 * (0.6 - (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt())).collect())
 }
 
 #[test]
@@ -312,10 +250,7 @@ fn partcrafter_geometry_golden_extract_analytic() {
     let geo = reference_extract(&mut field, &opts, Some(&mut trace)).unwrap();
     let tol = |k: &str| c["rel_l2_tol"][k].as_f64().unwrap();
     check_trace("analytic", &trace, &g, "", &tol);
-    assert_eq!(
-        trace.refine_points[0].len() as u64,
-        c["refine_point_count"].as_u64().unwrap()
-    );
+    assert_eq!(trace.refine_points[0].len() as u64, c["refine_point_count"].as_u64().unwrap());
 
     let got = stats(&geo.mesh);
     let want = golden_stats(&c["mesh_stats"]);
@@ -350,21 +285,13 @@ fn partcrafter_geometry_golden_extract() {
         let label = format!("extract part{p}");
         // Upstream's one-shot top-k attention hits the first decode of the run: part 0's dense grid.
         let opts = ExtractOptions {
-            first_call_attention: if p == 0 {
-                CrossAttention::TopKFirstChunk
-            } else {
-                CrossAttention::Full
-            },
+            first_call_attention: if p == 0 { CrossAttention::TopKFirstChunk } else { CrossAttention::Full },
             ..base.clone()
         };
         let part = decoder.prepare(&g["latents"].i(p).unwrap()).unwrap();
         let mut first = true;
         let mut field = |pts: &[[f32; 3]]| {
-            let mode = if first {
-                opts.first_call_attention
-            } else {
-                CrossAttention::Full
-            };
+            let mode = if first { opts.first_call_attention } else { CrossAttention::Full };
             first = false;
             decoder.decode_points(&part, pts, mode)
         };
@@ -381,10 +308,7 @@ fn partcrafter_geometry_golden_extract() {
         let got = stats(&geo.mesh);
         print_stats(&format!("{label} mesh (own grid)"), &got, &want);
         assert!((got.area / want.area - 1.0).abs() <= 0.02, "area within 2 %");
-        assert!(
-            bbox_dev(&got, &want) as f64 <= 0.02 * 2.0 * opts.bounds as f64,
-            "bbox within 2 % of the extent"
-        );
+        assert!(bbox_dev(&got, &want) as f64 <= 0.02 * 2.0 * opts.bounds as f64, "bbox within 2 % of the extent");
 
         let stored = check_mc_on_stored_grid(
             &label,
@@ -520,9 +444,8 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
         fast_coarse_depth: reference.dense_octree_depth,
         ..reference.clone()
     };
-    let prepared: Vec<_> = (0..g["latents"].dim(0).unwrap())
-        .map(|p| decoder.prepare(&g["latents"].i(p).unwrap()).unwrap())
-        .collect();
+    let prepared: Vec<_> =
+        (0..g["latents"].dim(0).unwrap()).map(|p| decoder.prepare(&g["latents"].i(p).unwrap()).unwrap()).collect();
     let mut fields: Vec<Box<dyn FnMut(&[[f32; 3]]) -> anyhow::Result<Vec<f32>>>> = prepared
         .iter()
         .map(|part| {
@@ -535,10 +458,7 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
     // 4σ of two binomial draws of 2048; area shares within 0.02 here because this noise field has
     // surface in the last cell layer [b − h, b], which fast mode covers and the reference grid
     // does not.
-    assert!(
-        cd <= 1.5 * floor,
-        "fast mode drifts from the reference on the goldens' latents"
-    );
+    assert!(cd <= 1.5 * floor, "fast mode drifts from the reference on the goldens' latents");
     assert!(darea <= 0.02);
     assert!(dshare <= SHARE_TOL);
 
@@ -550,12 +470,7 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
         hierarchical_octree_depth: 7,
         ..reference
     };
-    let fast = ExtractOptions {
-        mode: ExtractMode::Fast,
-        fast_depth: 7,
-        fast_coarse_depth: 4,
-        ..reference.clone()
-    };
+    let fast = ExtractOptions { mode: ExtractMode::Fast, fast_depth: 7, fast_coarse_depth: 4, ..reference.clone() };
     let sphere = |p: &[f32; 3]| 0.5 - ((p[0] + 0.3).powi(2) + p[1].powi(2) + p[2].powi(2)).sqrt();
     let boxf = |p: &[f32; 3]| {
         let q = [(p[0] - 0.45).abs() - 0.3, (p[1] - 0.2).abs() - 0.5, p[2].abs() - 0.15];
@@ -576,10 +491,7 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
     // The bar: at least 10× fewer decoded points for the same output (153× at the
     // released depths, see BENCHMARKS.md).
     assert!(ref_count >= 10 * fast_count, "fast mode must decode ≥ 10× fewer points");
-    assert!(
-        cd <= 1.5 * floor,
-        "fast mode drifts from the reference on analytic parts"
-    );
+    assert!(cd <= 1.5 * floor, "fast mode drifts from the reference on analytic parts");
     assert!(darea <= 0.002);
     assert!(dshare <= SHARE_TOL);
 
@@ -596,10 +508,7 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
 #[ignore]
 fn partcrafter_geometry_bench() {
     let opts = lumen::bench::BenchOptions {
-        iters: std::env::var("LUMEN_BENCH_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1),
+        iters: std::env::var("LUMEN_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
         quick: std::env::var("LUMEN_BENCH_QUICK").is_ok_and(|v| v == "1"),
     };
     for r in lumen::models::partcrafter::extract::bench(&opts).unwrap() {
@@ -648,10 +557,7 @@ fn partcrafter_geometry_golden_vae_decode_f16_plumbing() {
     let points = &g["points"];
     for p in 0..g["latents"].dim(0).unwrap() {
         let part = decoder.prepare(&g["latents"].i(p).unwrap()).unwrap();
-        for (mode, key) in [
-            (CrossAttention::Full, "sdf"),
-            (CrossAttention::TopKFirstChunk, "sdf_flash_topk"),
-        ] {
+        for (mode, key) in [(CrossAttention::Full, "sdf"), (CrossAttention::TopKFirstChunk, "sdf_flash_topk")] {
             let got = decoder.decode_prepared(&part, points, mode).unwrap();
             assert_eq!(got.dtype(), DType::F32);
             let want = g[key].i(p).unwrap().flatten_all().unwrap();

@@ -60,23 +60,14 @@ fn checkpoint(m: &Value, root: &Path) {
         "diffusion_pytorch_model.safetensors",
         &specs(&m["tensors"]["transformer"]["entries"]),
     );
-    write_json(
-        &root.join(IMAGE_ENCODER_DIR).join("config.json"),
-        &cfg["image_encoder_dinov2"],
-    );
+    write_json(&root.join(IMAGE_ENCODER_DIR).join("config.json"), &cfg["image_encoder_dinov2"]);
     write_synth(
         &root.join(IMAGE_ENCODER_DIR),
         "model.safetensors",
         &specs(&m["tensors"]["image_encoder_dinov2"]["entries"]),
     );
-    write_json(
-        &root.join(FEATURE_EXTRACTOR_DIR).join("preprocessor_config.json"),
-        &cfg["feature_extractor_dinov2"],
-    );
-    write_json(
-        &root.join(SCHEDULER_DIR).join("scheduler_config.json"),
-        &cfg["scheduler"],
-    );
+    write_json(&root.join(FEATURE_EXTRACTOR_DIR).join("preprocessor_config.json"), &cfg["feature_extractor_dinov2"]);
+    write_json(&root.join(SCHEDULER_DIR).join("scheduler_config.json"), &cfg["scheduler"]);
 }
 
 fn load_dit(root: &Path) -> PartCrafterDit {
@@ -100,10 +91,7 @@ fn partcrafter_golden_tensor_lists_follow_config() {
         &specs(&m["tensors"]["transformer"]["entries"]),
     );
     let enc_cfg: Dinov2Config = serde_json::from_value(m["config"]["image_encoder_dinov2"].clone()).unwrap();
-    same_specs(
-        &encoder::tensor_specs(&enc_cfg),
-        &specs(&m["tensors"]["image_encoder_dinov2"]["entries"]),
-    );
+    same_specs(&encoder::tensor_specs(&enc_cfg), &specs(&m["tensors"]["image_encoder_dinov2"]["entries"]));
 }
 
 #[test]
@@ -130,17 +118,9 @@ fn partcrafter_golden_image_preprocess() {
     let max_diff = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
     let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
     let t = tol(c, "crop_u8");
-    println!(
-        "{:<40} max |diff| {max_diff} levels, {differing} values differ  (tol {t})",
-        "crop_u8"
-    );
+    println!("{:<40} max |diff| {max_diff} levels, {differing} values differ  (tol {t})", "crop_u8");
     assert!(max_diff as f64 <= t, "crop_u8 differs by up to {max_diff} levels");
-    check_close(
-        "pixel_values",
-        &pre.pixel_values,
-        &g["pixel_values"],
-        tol(c, "pixel_values"),
-    );
+    check_close("pixel_values", &pre.pixel_values, &g["pixel_values"], tol(c, "pixel_values"));
 }
 
 #[test]
@@ -157,20 +137,11 @@ fn partcrafter_golden_image_encoder() {
     let cfg: Dinov2Config = lumen::weights::read_config(&enc_dir).unwrap();
     let pixels = &g["pixel_values"];
     let (_, _, h, w) = pixels.dims4().unwrap();
-    let model = Dinov2Model::new(
-        open_model_dir(&enc_dir, DType::F32, &Device::Cpu).unwrap(),
-        &cfg,
-        Some((h, w)),
-    )
-    .unwrap();
+    let model =
+        Dinov2Model::new(open_model_dir(&enc_dir, DType::F32, &Device::Cpu).unwrap(), &cfg, Some((h, w))).unwrap();
 
     let p = cfg.patch_size;
-    check_close(
-        "pos_embed_interp",
-        &model.pos_embed(h / p, w / p).unwrap(),
-        &g["pos_embed_interp"],
-        t,
-    );
+    check_close("pos_embed_interp", &model.pos_embed(h / p, w / p).unwrap(), &g["pos_embed_interp"], t);
     let mut hidden = Vec::new();
     let out = model.forward_with_hidden(pixels, Some(&mut hidden)).unwrap();
     assert_eq!(hidden.len(), cfg.num_hidden_layers + 1);
@@ -202,39 +173,15 @@ fn run_forward(
             Some(&mut trace),
         )
         .unwrap();
-    let has = |k: &str| {
-        c["intermediates"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|i| i["name"] == k))
-    };
+    let has = |k: &str| c["intermediates"].as_array().is_some_and(|a| a.iter().any(|i| i["name"] == k));
     if has("inter_temb") {
-        check_close(
-            &format!("{name}: inter_temb"),
-            trace.temb.as_ref().unwrap(),
-            &g["inter_temb"],
-            t,
-        );
+        check_close(&format!("{name}: inter_temb"), trace.temb.as_ref().unwrap(), &g["inter_temb"], t);
         for (i, b) in trace.blocks.iter().enumerate() {
-            check_close(
-                &format!("{name}: inter_block_{i}_out"),
-                b,
-                &g[&format!("inter_block_{i}_out")],
-                t,
-            );
+            check_close(&format!("{name}: inter_block_{i}_out"), b, &g[&format!("inter_block_{i}_out")], t);
         }
-        check_close(
-            &format!("{name}: inter_norm_out"),
-            trace.norm_out.as_ref().unwrap(),
-            &g["inter_norm_out"],
-            t,
-        );
+        check_close(&format!("{name}: inter_norm_out"), trace.norm_out.as_ref().unwrap(), &g["inter_norm_out"], t);
     }
-    check_close(
-        &format!("{name}: {prefix}output"),
-        &out,
-        &g[&format!("{prefix}output")],
-        t,
-    );
+    check_close(&format!("{name}: {prefix}output"), &out, &g[&format!("{prefix}output")], t);
 }
 
 #[test]
@@ -269,12 +216,7 @@ fn partcrafter_golden_part_id_policy_matters() {
     assert!(err > 1e-3);
     // The first group's ids are 0…N−1 under both policies.
     let a = per_group.narrow(0, 0, n).unwrap();
-    check_close(
-        "PerGroup first group",
-        &a,
-        &g["output"].narrow(0, 0, n).unwrap(),
-        tol(c, "output"),
-    );
+    check_close("PerGroup first group", &a, &g["output"].narrow(0, 0, n).unwrap(), tol(c, "output"));
 }
 
 #[test]
@@ -295,60 +237,24 @@ fn partcrafter_golden_sampler() {
     check_close("timesteps", &vec_t(&s.timesteps), &g["timesteps"], tol(c, "timesteps"));
     check_close("sigmas", &vec_t(&s.sigmas), &g["sigmas"], tol(c, "sigmas"));
     let s50 = sched.schedule(g["sched50_timesteps"].dim(0).unwrap()).unwrap();
-    check_close(
-        "sched50_timesteps",
-        &vec_t(&s50.timesteps),
-        &g["sched50_timesteps"],
-        tol(c, "timesteps"),
-    );
-    check_close(
-        "sched50_sigmas",
-        &vec_t(&s50.sigmas),
-        &g["sched50_sigmas"],
-        tol(c, "sigmas"),
-    );
+    check_close("sched50_timesteps", &vec_t(&s50.timesteps), &g["sched50_timesteps"], tol(c, "timesteps"));
+    check_close("sched50_sigmas", &vec_t(&s50.sigmas), &g["sched50_sigmas"], tol(c, "sigmas"));
 
     let tmp = common::tempdir();
     checkpoint(&m, tmp.path());
     let dit = load_dit(tmp.path());
     // The recorded conditioning is [zeros ×N ; embeds ×N]; the sampler builds the zeros itself.
     let ehs = &g["encoder_hidden_states"];
-    let zeros: f32 = ehs
-        .narrow(0, 0, n)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let zeros: f32 = ehs.narrow(0, 0, n).unwrap().abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
     assert_eq!(zeros, 0.0, "unconditional half is zeros");
     let embeds = ehs.narrow(0, n, n).unwrap();
     let mut trace = SamplerTrace::default();
-    let out = sampler::sample(
-        &dit,
-        &sched,
-        &embeds,
-        &g["init_noise"],
-        steps,
-        guidance,
-        PartIds::Batch,
-        Some(&mut trace),
-    )
-    .unwrap();
+    let out =
+        sampler::sample(&dit, &sched, &embeds, &g["init_noise"], steps, guidance, PartIds::Batch, Some(&mut trace))
+            .unwrap();
     for i in 0..steps {
-        check_close(
-            &format!("dit_timestep_{i}"),
-            &trace.dit_timesteps[i],
-            &g[&format!("dit_timestep_{i}")],
-            0.0,
-        );
-        check_close(
-            &format!("dit_out_{i}"),
-            &trace.dit_out[i],
-            &g[&format!("dit_out_{i}")],
-            tol(c, "dit_out_i"),
-        );
+        check_close(&format!("dit_timestep_{i}"), &trace.dit_timesteps[i], &g[&format!("dit_timestep_{i}")], 0.0);
+        check_close(&format!("dit_out_{i}"), &trace.dit_out[i], &g[&format!("dit_out_{i}")], tol(c, "dit_out_i"));
         let key = format!("latents_{i}");
         check_close(&key, &trace.latents[i], &g[&key], tol(c, &key));
     }
@@ -374,15 +280,8 @@ fn partcrafter_golden_end_to_end_latents() {
         ..SamplerOptions::default()
     };
     let mut timings = Timings::default();
-    let out = model
-        .generate_from_noise(&img, &g["init_noise"], &opts, &mut timings, None)
-        .unwrap();
-    check_close(
-        "end-to-end final_latents",
-        &out,
-        &g["final_latents"],
-        tol(c, "final_latents"),
-    );
+    let out = model.generate_from_noise(&img, &g["init_noise"], &opts, &mut timings, None).unwrap();
+    check_close("end-to-end final_latents", &out, &g["final_latents"], tol(c, "final_latents"));
     assert!(timings.0.contains_key("partcrafter_sample"));
 }
 
@@ -409,11 +308,7 @@ fn own_checkpoint(root: &Path) -> (DitConfig, Dinov2Config) {
         "diffusion_pytorch_model.safetensors",
         &lumen::models::partcrafter::dit::tensor_specs(&dit),
     );
-    write_synth(
-        &root.join(IMAGE_ENCODER_DIR),
-        "model.safetensors",
-        &encoder::tensor_specs(&enc),
-    );
+    write_synth(&root.join(IMAGE_ENCODER_DIR), "model.safetensors", &encoder::tensor_specs(&enc));
     (dit, enc)
 }
 
@@ -429,47 +324,20 @@ fn partcrafter_golden_own_config_shapes() {
     assert_eq!(emb.dims(), &[1, 1 + 4 * 3, enc_cfg.hidden_size]);
 
     let mut timings = Timings::default();
-    for (parts, guidance, ids) in [
-        (3, 4.0, PartIds::Batch),
-        (2, 1.0, PartIds::Batch),
-        (4, 2.5, PartIds::PerGroup),
-    ] {
-        let opts = SamplerOptions {
-            steps: 2,
-            guidance,
-            tokens: 5,
-            seed: 7,
-            part_ids: ids,
-        };
+    for (parts, guidance, ids) in [(3, 4.0, PartIds::Batch), (2, 1.0, PartIds::Batch), (4, 2.5, PartIds::PerGroup)] {
+        let opts = SamplerOptions { steps: 2, guidance, tokens: 5, seed: 7, part_ids: ids };
         let a = model.generate(&img, parts, &opts, &mut timings).unwrap();
         assert_eq!(a.dims(), &[parts, 5, dit_cfg.in_channels]);
         let v: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|x| x.is_finite()));
         let b = model.generate(&img, parts, &opts, &mut timings).unwrap();
         assert_eq!(common::rel_l2(&a, &b), 0.0, "same seed, same latents");
-        let c = model
-            .generate(
-                &img,
-                parts,
-                &SamplerOptions {
-                    seed: 8,
-                    ..opts.clone()
-                },
-                &mut timings,
-            )
-            .unwrap();
+        let c = model.generate(&img, parts, &SamplerOptions { seed: 8, ..opts.clone() }, &mut timings).unwrap();
         assert!(common::rel_l2(&a, &c) > 1e-3, "another seed, other latents");
-        println!(
-            "own config: {parts} parts, guidance {guidance}, {ids:?}: latents {:?} ok",
-            a.dims()
-        );
+        println!("own config: {parts} parts, guidance {guidance}, {ids:?}: latents {:?} ok", a.dims());
     }
     // 5 parts under CFG with Batch ids needs 10 embeddings; this config has 8.
-    let opts = SamplerOptions {
-        steps: 1,
-        tokens: 5,
-        ..SamplerOptions::default()
-    };
+    let opts = SamplerOptions { steps: 1, tokens: 5, ..SamplerOptions::default() };
     let err = model.generate(&img, 5, &opts, &mut timings).unwrap_err();
     println!("5 parts with 8 embeddings: {err:#}");
     assert!(format!("{err:#}").contains("part id 9"));
@@ -487,19 +355,10 @@ fn partcrafter_golden_checkpoint_errors() {
     let file = "diffusion_pytorch_model.safetensors";
     let base = lumen::models::partcrafter::dit::tensor_specs(&dit_cfg);
     let load_err = || {
-        format!(
-            "{:#}",
-            PartCrafterLatents::load(tmp.path(), &Device::Cpu, DType::F32)
-                .err()
-                .expect("load must fail")
-        )
+        format!("{:#}", PartCrafterLatents::load(tmp.path(), &Device::Cpu, DType::F32).err().expect("load must fail"))
     };
 
-    let missing: Vec<_> = base
-        .iter()
-        .filter(|s| s.name != "blocks.1.attn2.to_k.weight")
-        .cloned()
-        .collect();
+    let missing: Vec<_> = base.iter().filter(|s| s.name != "blocks.1.attn2.to_k.weight").cloned().collect();
     write_synth(&dir, file, &missing);
     let e = load_err();
     println!("missing tensor: {e}");
@@ -573,10 +432,7 @@ fn partcrafter_golden_stage_trait() {
             if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 1 {
                 anyhow::bail!("no zero crossing");
             }
-            Ok(PartOutcome::Mesh(TriMesh {
-                vertices: vec![[first, 0.0, 0.0]],
-                faces: vec![],
-            }))
+            Ok(PartOutcome::Mesh(TriMesh { vertices: vec![[first, 0.0, 0.0]], faces: vec![] }))
         }
     }
     let tmp = common::tempdir();
@@ -584,11 +440,7 @@ fn partcrafter_golden_stage_trait() {
     let stage = PartCrafter {
         latents: PartCrafterLatents::load(tmp.path(), &Device::Cpu, DType::F32).unwrap(),
         decoder: Probe(Default::default()),
-        options: SamplerOptions {
-            steps: 2,
-            tokens: 5,
-            ..SamplerOptions::default()
-        },
+        options: SamplerOptions { steps: 2, tokens: 5, ..SamplerOptions::default() },
     };
     let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 30, 30]));
     let mut timings = Timings::default();
@@ -603,10 +455,7 @@ fn partcrafter_golden_stage_trait() {
         .collect();
     assert_eq!(failed, ["part 1: no zero crossing", "part 3: no zero crossing"]);
     assert!(timings.0.contains_key("partcrafter_sample"));
-    println!(
-        "stage: 4 parts, {failed:?} from the probe decoder, timings {:?}",
-        timings.0.keys().collect::<Vec<_>>()
-    );
+    println!("stage: 4 parts, {failed:?} from the probe decoder, timings {:?}", timings.0.keys().collect::<Vec<_>>());
 }
 
 /// The half-precision path (what CUDA runs) works end to end: the golden DiT forward in
@@ -626,15 +475,8 @@ fn partcrafter_golden_half_precision_path() {
     let cfg: DitConfig = lumen::weights::read_config(&tdir).unwrap();
     for (dtype, bound) in [(DType::F16, 1e-2), (DType::BF16, 5e-2)] {
         let dit = PartCrafterDit::new(open_model_dir(&tdir, dtype, &Device::Cpu).unwrap(), &cfg).unwrap();
-        let out = dit
-            .forward(
-                &g["hidden_states"],
-                &g["timestep"],
-                &g["encoder_hidden_states"],
-                n,
-                PartIds::Batch,
-            )
-            .unwrap();
+        let out =
+            dit.forward(&g["hidden_states"], &g["timestep"], &g["encoder_hidden_states"], n, PartIds::Batch).unwrap();
         assert_eq!(out.dtype(), dtype);
         let err = common::rel_l2(&out.to_dtype(DType::F32).unwrap(), &g["output"]);
         println!("DiT forward in {dtype:?}: rel_l2 {err:.3e} vs the f32 reference (bound {bound:.0e})");
@@ -649,9 +491,7 @@ fn partcrafter_golden_half_precision_path() {
         guidance: input_value(s, "guidance_scale").as_f64().unwrap(),
         ..SamplerOptions::default()
     };
-    let out = model
-        .generate_from_noise(&img, &gs["init_noise"], &opts, &mut Timings::default(), None)
-        .unwrap();
+    let out = model.generate_from_noise(&img, &gs["init_noise"], &opts, &mut Timings::default(), None).unwrap();
     let err = common::rel_l2(&out, &gs["final_latents"]);
     println!("end-to-end latents in F16: rel_l2 {err:.3e} vs the f32 reference (bound 5e-2)");
     assert!(err < 5e-2);

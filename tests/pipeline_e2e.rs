@@ -21,28 +21,14 @@ fn synthetic_weights(dir: &Path) -> Option<()> {
 
     let rmbg = dir.join("RMBG-1.4");
     common::write_json(&rmbg.join("config.json"), &serde_json::json!({"in_ch": 3, "out_ch": 1}));
-    common::write_synth(
-        &rmbg,
-        "model.safetensors",
-        &BriaRmbg::tensor_specs(&RmbgConfig::default()),
-    );
+    common::write_synth(&rmbg, "model.safetensors", &BriaRmbg::tensor_specs(&RmbgConfig::default()));
 
     let root = dir.join("PartCrafter");
     let cfg = &pc["config"];
     for (folder, file, config_name, tensors) in [
-        (
-            "transformer",
-            "diffusion_pytorch_model.safetensors",
-            "config.json",
-            Some("transformer"),
-        ),
+        ("transformer", "diffusion_pytorch_model.safetensors", "config.json", Some("transformer")),
         ("vae", "diffusion_pytorch_model.safetensors", "config.json", Some("vae")),
-        (
-            "image_encoder_dinov2",
-            "model.safetensors",
-            "config.json",
-            Some("image_encoder_dinov2"),
-        ),
+        ("image_encoder_dinov2", "model.safetensors", "config.json", Some("image_encoder_dinov2")),
         ("feature_extractor_dinov2", "", "preprocessor_config.json", None),
         ("scheduler", "", "scheduler_config.json", None),
     ] {
@@ -64,27 +50,8 @@ fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
     let tokens = common::component("partcrafter").unwrap().1["config"]["pipeline_call"]["num_tokens"].to_string();
     let o = lumen()
         .current_dir(work.path())
-        .args([
-            "generate",
-            "chair",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--parts",
-            "3",
-            "--steps",
-            "2",
-        ])
-        .args([
-            "--tokens",
-            &tokens,
-            "--extract-depth",
-            "5",
-            "--cpu",
-            "--keep-images",
-            "--json",
-            "--store",
-            "out",
-        ])
+        .args(["generate", "chair", "--weights", weights.to_str().unwrap(), "--parts", "3", "--steps", "2"])
+        .args(["--tokens", &tokens, "--extract-depth", "5", "--cpu", "--keep-images", "--json", "--store", "out"])
         .output()
         .unwrap();
     println!("{}\n{}", stdout(&o), stderr(&o));
@@ -97,25 +64,11 @@ fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
     assert_eq!(shapes.len(), 1);
     let (asset, points) = Asset::decode(&std::fs::read(shapes[0].as_ref().unwrap().path()).unwrap()).unwrap();
     assert_eq!(points.positions.len(), 2048);
-    assert!(
-        asset.part_names.len() + asset.dropped_parts.len() == 3,
-        "{:?}",
-        asset.dropped_parts
-    );
+    assert!(asset.part_names.len() + asset.dropped_parts.len() == 3, "{:?}", asset.dropped_parts);
     let ids: Vec<&str> = asset.pipeline.models.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["stabilityai/sdxl-turbo", "briaai/RMBG-1.4", "wgsxm/PartCrafter"]);
-    for stage in [
-        "sdxl_text_encoders",
-        "rmbg",
-        "partcrafter_sample",
-        "sdf_extract",
-        "sampling",
-    ] {
-        assert!(
-            asset.timings_ms.keys().any(|k| k.starts_with(stage)),
-            "no {stage} timing in {:?}",
-            asset.timings_ms
-        );
+    for stage in ["sdxl_text_encoders", "rmbg", "partcrafter_sample", "sdf_extract", "sampling"] {
+        assert!(asset.timings_ms.keys().any(|k| k.starts_with(stage)), "no {stage} timing in {:?}", asset.timings_ms);
     }
     for image in ["reference.png", "mask.png", "prepared.png"] {
         let path = work.path().join("out/images").join(&asset.key).join(image);
@@ -125,26 +78,13 @@ fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
     // Preflight loads every stage and runs one tiny concept through them.
     let o = lumen()
         .current_dir(work.path())
-        .args([
-            "preflight",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--cpu",
-            "--json",
-            "--store",
-            "out",
-        ])
+        .args(["preflight", "--weights", weights.to_str().unwrap(), "--cpu", "--json", "--store", "out"])
         .args(["--catalog", concat!(env!("CARGO_MANIFEST_DIR"), "/concepts/top50.json")])
         .output()
         .unwrap();
     println!("{}", stdout(&o));
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let run = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "partcrafter tiny end-to-end run")
-        .unwrap();
+    let run = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "partcrafter tiny end-to-end run").unwrap();
     assert_eq!(run["status"], "ok", "{run}");
 }

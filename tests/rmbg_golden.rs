@@ -18,38 +18,10 @@ use lumen::pipeline::Timings;
 use lumen::synth::synth_values;
 use lumen::weights::WeightsSource;
 
-/// ‖got − want‖ / ‖want − mean(want)‖ in f64.
-fn centered_rel_l2(got: &Tensor, want: &Tensor) -> f64 {
-    let g: Vec<f64> = got
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let w: Vec<f64> = want
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let mean = w.iter().sum::<f64>() / w.len() as f64;
-    let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
-    let den: f64 = w.iter().map(|b| (b - mean).powi(2)).sum();
-    (num / den).sqrt()
-}
-
 /// Compares one output with both metrics the manifest gives; returns false on a miss
 /// (printed), so a test reports every tensor before failing.
 fn compare(label: &str, got: &Tensor, want: &Tensor, spec: &serde_json::Value) -> bool {
-    assert_eq!(
-        got.dims(),
-        want.dims(),
-        "{label}: shape {:?} vs reference {:?}",
-        got.dims(),
-        want.dims()
-    );
+    assert_eq!(got.dims(), want.dims(), "{label}: shape {:?} vs reference {:?}", got.dims(), want.dims());
     let mut ok = true;
     let tol = spec["rel_l2_tol"].as_f64().expect("rel_l2_tol");
     let err = common::rel_l2(got, want);
@@ -57,7 +29,7 @@ fn compare(label: &str, got: &Tensor, want: &Tensor, spec: &serde_json::Value) -
     print!("{label:<28} rel_l2 {err:.3e} (tol {tol:.0e}) {verdict}");
     ok &= err <= tol;
     if let Some(ctol) = spec["centered_rel_l2_tol"].as_f64() {
-        let cerr = centered_rel_l2(got, want);
+        let cerr = common::centered_rel_l2(got, want);
         let verdict = if cerr <= ctol { "ok" } else { "FAIL" };
         print!("   centered {cerr:.3e} (tol {ctol:.0e}) {verdict}");
         ok &= cerr <= ctol;
@@ -93,18 +65,15 @@ fn output<'a>(name: &str, out: &'a RmbgOutput, taps: &'a HashMap<String, Tensor>
     if let Some(k) = name.strip_prefix('d').and_then(|k| k.parse::<usize>().ok()) {
         return &out.masks[k - 1];
     }
-    if let Some(k) = name
-        .strip_prefix("side")
-        .and_then(|s| s.strip_suffix("_logits"))
-        .and_then(|k| k.parse::<usize>().ok())
+    if let Some(k) =
+        name.strip_prefix("side").and_then(|s| s.strip_suffix("_logits")).and_then(|k| k.parse::<usize>().ok())
     {
         return &out.side_logits[k - 1];
     }
     if let Some(k) = FEATURES.iter().position(|f| *f == name) {
         return &out.features[k];
     }
-    taps.get(name)
-        .unwrap_or_else(|| panic!("the port records no tensor named {name}"))
+    taps.get(name).unwrap_or_else(|| panic!("the port records no tensor named {name}"))
 }
 
 /// Runs one stored-input forward case and compares every output the manifest lists.
@@ -123,19 +92,11 @@ fn run_forward_case(name: &str) {
     names.sort();
     let mut failed = Vec::new();
     for n in names {
-        if !compare(
-            &format!("{name}/{n}"),
-            output(n, &out, &taps),
-            &data[n.as_str()],
-            &case["outputs"][n],
-        ) {
+        if !compare(&format!("{name}/{n}"), output(n, &out, &taps), &data[n.as_str()], &case["outputs"][n]) {
             failed.push(n.clone());
         }
     }
-    println!(
-        "{name}: {} outputs compared",
-        case["outputs"].as_object().unwrap().len()
-    );
+    println!("{name}: {} outputs compared", case["outputs"].as_object().unwrap().len());
     assert!(failed.is_empty(), "{name}: outside tolerance: {failed:?}");
 }
 
@@ -160,10 +121,7 @@ fn rmbg_golden_forward_1024() {
     let shape: Vec<usize> = serde_json::from_value(case["inputs"]["x"]["shape"].clone()).unwrap();
     let numel: usize = shape.iter().product();
     // The input is not stored: rule-5 values of a rank-1 tensor `inputs.forward_1024`.
-    let values: Vec<f32> = synth_values("inputs.forward_1024", &[numel])
-        .iter()
-        .map(|&v| v as f32)
-        .collect();
+    let values: Vec<f32> = synth_values("inputs.forward_1024", &[numel]).iter().map(|&v| v as f32).collect();
     let x = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
     let start = std::time::Instant::now();
     let d1 = net(&manifest).forward_mask(&x).unwrap();
@@ -176,12 +134,7 @@ fn u8s(t: &Tensor) -> Vec<u8> {
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
+    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 fn exact<T: PartialEq + std::fmt::Debug>(label: &str, got: &[T], want: &[T]) -> bool {
@@ -216,11 +169,7 @@ fn rmbg_golden_prepare_image() {
     let d1_shape = g["d1"].dims().to_vec();
     let size = d1_shape[2];
     let input = prepare::model_input(&img, size, &Device::Cpu).unwrap();
-    for (crop, lo) in [
-        ("model_input_crop_tl", 0),
-        ("model_input_crop_c", 480),
-        ("model_input_crop_br", 960),
-    ] {
+    for (crop, lo) in [("model_input_crop_tl", 0), ("model_input_crop_c", 480), ("model_input_crop_br", 960)] {
         let n = g[crop].dims()[2];
         let got = input.narrow(2, lo, n).unwrap().narrow(3, lo, n).unwrap();
         ok &= compare(crop, &got, &g[crop], &outs[crop]);
@@ -237,16 +186,9 @@ fn rmbg_golden_prepare_image() {
     ok &= exact("alpha_u8", &alpha, &u8s(&g["alpha_u8"]));
     let t = prepare::otsu_threshold(&u8s(&g["alpha_u8"]));
     let want_t = f32s(&g["otsu_threshold"])[0];
-    println!(
-        "otsu_threshold               {t} vs {want_t} {}",
-        if t as f32 == want_t { "ok" } else { "FAIL" }
-    );
+    println!("otsu_threshold               {t} vs {want_t} {}", if t as f32 == want_t { "ok" } else { "FAIL" });
     ok &= t as f32 == want_t;
-    ok &= exact(
-        "alpha_otsu",
-        &prepare::threshold_binary(&u8s(&g["alpha_u8"]), want_t as u8),
-        &u8s(&g["alpha_otsu"]),
-    );
+    ok &= exact("alpha_otsu", &prepare::threshold_binary(&u8s(&g["alpha_u8"]), want_t as u8), &u8s(&g["alpha_otsu"]));
     let golden_otsu = u8s(&g["alpha_otsu"]);
     let (_, sizes) = prepare::label_components(&golden_otsu, w, h);
     let mut sorted = sizes[1..].to_vec();
@@ -259,12 +201,8 @@ fn rmbg_golden_prepare_image() {
     let want_bbox: Vec<i64> = g["bbox_xywh"].to_vec1().unwrap();
     let got_bbox = vec![bbox.x as i64, bbox.y as i64, bbox.w as i64, bbox.h as i64];
     ok &= exact("bbox_xywh", &got_bbox, &want_bbox);
-    let want_rect = Rect {
-        x: want_bbox[0] as usize,
-        y: want_bbox[1] as usize,
-        w: want_bbox[2] as usize,
-        h: want_bbox[3] as usize,
-    };
+    let want_rect =
+        Rect { x: want_bbox[0] as usize, y: want_bbox[1] as usize, w: want_bbox[2] as usize, h: want_bbox[3] as usize };
     let pad = prepare::padding_lrtb(want_rect.w, want_rect.h, prepare::PADDING_RATIO);
     let want_pad: Vec<i64> = g["pad_lrtb"].to_vec1().unwrap();
     ok &= exact("pad_lrtb", &pad.map(|v| v as i64), &want_pad);
@@ -273,14 +211,8 @@ fn rmbg_golden_prepare_image() {
         prepare::composite_crop_pad(&prepare::image_to_chw(&img), &golden_clean, w, h, want_rect, want_pad).unwrap();
     assert_eq!(&[3, oh, ow], g["output"].dims(), "output size");
     ok &= exact("output", &out, &f32s(&g["output"]));
-    let png = image::open(dir.join(case["output_png"].as_str().unwrap().split(' ').next().unwrap()))
-        .unwrap()
-        .to_rgb8();
-    ok &= exact(
-        "output png",
-        prepare::chw_to_image(&out, ow, oh).unwrap().as_raw(),
-        png.as_raw(),
-    );
+    let png = image::open(dir.join(case["output_png"].as_str().unwrap().split(' ').next().unwrap())).unwrap().to_rgb8();
+    ok &= exact("output png", prepare::chw_to_image(&out, ow, oh).unwrap().as_raw(), png.as_raw());
 
     // The whole post-network chain from the golden d1 (what the stage runs after the net).
     let p = prepare::prepare_from_mask(&img, &d1, d1_shape[2], d1_shape[3]).unwrap();
@@ -301,10 +233,7 @@ fn rmbg_golden_empty_mask_is_an_error() {
     for i in [100usize, 5000, 9000] {
         d1[i] = 0.9;
     }
-    let err = prepare::prepare_from_mask(&img, &d1, 128, 128)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let err = prepare::prepare_from_mask(&img, &d1, 128, 128).map(|_| ()).unwrap_err().to_string();
     println!("empty mask error: {err}");
     assert!(err.contains("no object"), "{err}");
     // A constant mask cannot be min–max normalised: refused, not divided by zero.
@@ -319,10 +248,7 @@ fn rmbg_golden_tensor_list_matches_checkpoint() {
         return;
     };
     let cfg: lumen::models::rmbg::Config = serde_json::from_value(manifest["config"].clone()).unwrap();
-    let ours: Vec<(String, Vec<usize>)> = BriaRmbg::tensor_specs(&cfg)
-        .into_iter()
-        .map(|s| (s.name, s.shape))
-        .collect();
+    let ours: Vec<(String, Vec<usize>)> = BriaRmbg::tensor_specs(&cfg).into_iter().map(|s| (s.name, s.shape)).collect();
     let mut theirs: Vec<(String, Vec<usize>)> = common::specs(&manifest["tensors"])
         .into_iter()
         .filter(|s| !s.name.ends_with("num_batches_tracked"))
@@ -332,16 +258,9 @@ fn rmbg_golden_tensor_list_matches_checkpoint() {
     ours_sorted.sort();
     theirs.sort();
     assert_eq!(ours_sorted, theirs);
-    let params: usize = ours
-        .iter()
-        .filter(|(n, _)| !n.contains("running_"))
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
-    println!(
-        "{} tensors, {params} parameters (manifest: {})",
-        ours.len(),
-        manifest["parameter_count"]
-    );
+    let params: usize =
+        ours.iter().filter(|(n, _)| !n.contains("running_")).map(|(_, s)| s.iter().product::<usize>()).sum();
+    println!("{} tensors, {params} parameters (manifest: {})", ours.len(), manifest["parameter_count"]);
     assert_eq!(params as u64, manifest["parameter_count"].as_u64().unwrap());
 }
 
@@ -364,11 +283,7 @@ fn rmbg_golden_prepare_image_end_to_end() {
     // Through the stage as the pipeline loads it: a `--weights` folder holding the checkpoint.
     let weights = common::tempdir();
     std::fs::write(weights.path().join("config.json"), manifest["config"].to_string()).unwrap();
-    common::write_synth(
-        weights.path(),
-        "model.safetensors",
-        &common::specs(&manifest["tensors"]),
-    );
+    common::write_synth(weights.path(), "model.safetensors", &common::specs(&manifest["tensors"]));
     let source = WeightsSource {
         weights_dir: Some(weights.path().to_path_buf()),
         cache_dir: weights.path().join("no-cache"),
@@ -376,51 +291,28 @@ fn rmbg_golden_prepare_image_end_to_end() {
     };
     let stage = RmbgStage::load(&source, &Device::Cpu).unwrap();
     let size = prepare::MODEL_SIZE;
-    assert_eq!(
-        g["d1"].dims(),
-        &[1, 1, size, size],
-        "the stage runs the network at 1024²"
-    );
+    assert_eq!(g["d1"].dims(), &[1, 1, size, size], "the stage runs the network at 1024²");
     let mut timings = Timings::default();
     let d1 = stage.mask(&img, &mut timings).unwrap();
     let d1_t = Tensor::from_vec(d1.clone(), (1, 1, size, size), &Device::Cpu).unwrap();
     assert!(compare("prepare_image/d1", &d1_t, &g["d1"], &case["outputs"]["d1"]));
-    let p = timings
-        .time("rmbg_postprocess", || prepare::prepare_from_mask(&img, &d1, size, size))
-        .unwrap();
+    let p = timings.time("rmbg_postprocess", || prepare::prepare_from_mask(&img, &d1, size, size)).unwrap();
     println!("end to end: timings {:?}", timings.0);
     let want_t = f32s(&g["otsu_threshold"])[0];
     let want_bbox: Vec<i64> = g["bbox_xywh"].to_vec1().unwrap();
     let got_bbox = [p.bbox.x, p.bbox.y, p.bbox.w, p.bbox.h].map(|v| v as i64);
-    let alpha_diff = p
-        .alpha_u8
-        .iter()
-        .zip(u8s(&g["alpha_u8"]))
-        .filter(|(a, b)| **a != *b)
-        .count();
-    let clean_diff = p
-        .alpha_clean
-        .iter()
-        .zip(u8s(&g["alpha_clean"]))
-        .filter(|(a, b)| **a != *b)
-        .count();
-    println!(
-        "end to end: threshold {} (golden {want_t}), bbox {got_bbox:?} (golden {want_bbox:?})",
-        p.otsu_threshold
-    );
+    let alpha_diff = p.alpha_u8.iter().zip(u8s(&g["alpha_u8"])).filter(|(a, b)| **a != *b).count();
+    let clean_diff = p.alpha_clean.iter().zip(u8s(&g["alpha_clean"])).filter(|(a, b)| **a != *b).count();
+    println!("end to end: threshold {} (golden {want_t}), bbox {got_bbox:?} (golden {want_bbox:?})", p.otsu_threshold);
     println!("end to end: alpha_u8 differs at {alpha_diff} px, alpha_clean at {clean_diff} px");
     assert!((p.otsu_threshold as f32 - want_t).abs() <= 1.0);
     assert!(got_bbox.iter().zip(&want_bbox).all(|(a, b)| (a - b).abs() <= 1));
     if got_bbox[..] == want_bbox[..] {
-        let png = image::open(dir.join(case["output_png"].as_str().unwrap().split(' ').next().unwrap()))
-            .unwrap()
-            .to_rgb8();
+        let png =
+            image::open(dir.join(case["output_png"].as_str().unwrap().split(' ').next().unwrap())).unwrap().to_rgb8();
         let got = p.image().unwrap();
         let diff = got.as_raw().iter().zip(png.as_raw()).filter(|(a, b)| a != b).count();
-        println!(
-            "end to end: output image differs at {diff} of {} values",
-            png.as_raw().len()
-        );
+        println!("end to end: output image differs at {diff} of {} values", png.as_raw().len());
         assert!(diff <= 64, "too many differing output values: {diff}");
     }
 }
@@ -430,15 +322,8 @@ fn rmbg_golden_prepare_image_end_to_end() {
 #[test]
 #[ignore]
 fn rmbg_bench_suite() {
-    let suite = lumen::bench::SUITES
-        .iter()
-        .find(|(n, _)| *n == "rmbg")
-        .expect("rmbg suite")
-        .1;
-    let iters = std::env::var("LUMEN_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let suite = lumen::bench::SUITES.iter().find(|(n, _)| *n == "rmbg").expect("rmbg suite").1;
+    let iters = std::env::var("LUMEN_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let rows = suite(&lumen::bench::BenchOptions { iters, quick: false }).unwrap();
     for r in rows {
         println!(

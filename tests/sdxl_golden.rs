@@ -59,10 +59,7 @@ fn sdxl_golden_weights_rule() {
         }
         let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let want = want.as_str().unwrap();
-        println!(
-            "weights sha256 {module:<16} {}",
-            if got == want { "ok" } else { "FAIL" }
-        );
+        println!("weights sha256 {module:<16} {}", if got == want { "ok" } else { "FAIL" });
         assert_eq!(got, want, "{module}");
     }
 }
@@ -78,10 +75,7 @@ fn sdxl_golden_tokenizer() {
         serde_json::from_str(&std::fs::read_to_string(dir.join(case["file"].as_str().unwrap())).unwrap()).unwrap();
     let tmp = tempdir();
     let mut toks = Vec::new();
-    for (key, file, pad) in [
-        ("ids_1", "tokenizer.json", "<|endoftext|>"),
-        ("ids_2", "tokenizer_2.json", "!"),
-    ] {
+    for (key, file, pad) in [("ids_1", "tokenizer.json", "<|endoftext|>"), ("ids_2", "tokenizer_2.json", "!")] {
         let src = dir.join(file);
         let json_dir = tmp.path().join(format!("json_{key}"));
         std::fs::create_dir_all(&json_dir).unwrap();
@@ -100,11 +94,7 @@ fn sdxl_golden_tokenizer() {
             }
         }
         std::fs::write(slow_dir.join("merges.txt"), merges).unwrap();
-        std::fs::write(
-            slow_dir.join("special_tokens_map.json"),
-            format!(r#"{{"pad_token": "{pad}"}}"#),
-        )
-        .unwrap();
+        std::fs::write(slow_dir.join("special_tokens_map.json"), format!(r#"{{"pad_token": "{pad}"}}"#)).unwrap();
         toks.push((key, "tokenizer.json", ClipTokenizer::from_dir(&json_dir).unwrap()));
         toks.push((key, "vocab+merges", ClipTokenizer::from_dir(&slow_dir).unwrap()));
     }
@@ -113,21 +103,13 @@ fn sdxl_golden_tokenizer() {
     for (key, kind, tok) in &toks {
         let mut ok = 0;
         for c in cases["cases"].as_array().unwrap() {
-            let want: Vec<u32> = c[*key]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
+            let want: Vec<u32> = c[*key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             let got = tok.encode(c["prompt"].as_str().unwrap()).unwrap();
             if got == want {
                 ok += 1;
             } else {
                 failed += 1;
-                println!(
-                    "MISMATCH {key} ({kind}) for {:?}:\n got  {got:?}\n want {want:?}",
-                    c["prompt"]
-                );
+                println!("MISMATCH {key} ({kind}) for {:?}:\n got  {got:?}\n want {want:?}", c["prompt"]);
             }
         }
         println!("tokenizer {key} from {kind:<14} {ok}/{n} prompts exact");
@@ -144,54 +126,19 @@ fn sdxl_golden_text_encoders() {
     let tol = tol(&manifest, "text_encoders");
     let tmp = tempdir();
     let dev = Device::Cpu;
-    let te1 = sdxl::load_text_encoder(
-        &write_module(tmp.path(), &manifest, "text_encoder"),
-        false,
-        &dev,
-        DType::F32,
-    )
-    .unwrap();
-    let te2 = sdxl::load_text_encoder(
-        &write_module(tmp.path(), &manifest, "text_encoder_2"),
-        true,
-        &dev,
-        DType::F32,
-    )
-    .unwrap();
+    let te1 =
+        sdxl::load_text_encoder(&write_module(tmp.path(), &manifest, "text_encoder"), false, &dev, DType::F32).unwrap();
+    let te2 = sdxl::load_text_encoder(&write_module(tmp.path(), &manifest, "text_encoder_2"), true, &dev, DType::F32)
+        .unwrap();
     let ids1 = sdxl::clip::ids_tensor(&ids(&t["input_ids_1"]), &dev).unwrap();
     let ids2 = sdxl::clip::ids_tensor(&ids(&t["input_ids_2"]), &dev).unwrap();
     let o1 = te1.forward(&ids1).unwrap();
     let o2 = te2.forward(&ids2).unwrap();
-    check_close(
-        "text_encoders/te1_penultimate",
-        &o1.penultimate,
-        &t["te1_penultimate"],
-        tol,
-    );
-    check_close(
-        "text_encoders/te2_penultimate",
-        &o2.penultimate,
-        &t["te2_penultimate"],
-        tol,
-    );
-    check_close(
-        "text_encoders/te1_last_hidden_state",
-        &o1.last_hidden_state,
-        &t["te1_last_hidden_state"],
-        tol,
-    );
-    check_close(
-        "text_encoders/te2_last_hidden_state",
-        &o2.last_hidden_state,
-        &t["te2_last_hidden_state"],
-        tol,
-    );
-    check_close(
-        "text_encoders/te2_text_embeds",
-        o2.text_embeds.as_ref().unwrap(),
-        &t["te2_text_embeds"],
-        tol,
-    );
+    check_close("text_encoders/te1_penultimate", &o1.penultimate, &t["te1_penultimate"], tol);
+    check_close("text_encoders/te2_penultimate", &o2.penultimate, &t["te2_penultimate"], tol);
+    check_close("text_encoders/te1_last_hidden_state", &o1.last_hidden_state, &t["te1_last_hidden_state"], tol);
+    check_close("text_encoders/te2_last_hidden_state", &o2.last_hidden_state, &t["te2_last_hidden_state"], tol);
+    check_close("text_encoders/te2_text_embeds", o2.text_embeds.as_ref().unwrap(), &t["te2_text_embeds"], tol);
     let pe = sdxl::clip::concat_features(&o1, &o2).unwrap();
     check_close("text_encoders/prompt_embeds", &pe, &t["prompt_embeds"], tol);
 }
@@ -224,29 +171,12 @@ fn sdxl_golden_scheduler_step() {
         let mut sample = t["sample_0"].clone();
         for k in 0..steps {
             let input = s.scale_model_input(&sample, k).unwrap();
-            check_close(
-                &format!("{case}/scaled_model_input_{k}"),
-                &input,
-                &t[&format!("scaled_model_input_{k}")],
-                tol,
-            );
-            let out = s
-                .step(&t[&format!("model_output_{k}")], k, &sample, &t[&format!("noise_{k}")])
-                .unwrap();
+            check_close(&format!("{case}/scaled_model_input_{k}"), &input, &t[&format!("scaled_model_input_{k}")], tol);
+            let out = s.step(&t[&format!("model_output_{k}")], k, &sample, &t[&format!("noise_{k}")]).unwrap();
             if let Some(want) = t.get(&format!("pred_original_sample_{k}")) {
-                check_close(
-                    &format!("{case}/pred_original_sample_{k}"),
-                    &out.pred_original_sample,
-                    want,
-                    tol,
-                );
+                check_close(&format!("{case}/pred_original_sample_{k}"), &out.pred_original_sample, want, tol);
             }
-            check_close(
-                &format!("{case}/prev_sample_{k}"),
-                &out.prev_sample,
-                &t[&format!("prev_sample_{k}")],
-                tol,
-            );
+            check_close(&format!("{case}/prev_sample_{k}"), &out.prev_sample, &t[&format!("prev_sample_{k}")], tol);
             sample = out.prev_sample;
         }
     }
@@ -272,30 +202,16 @@ fn sdxl_golden_unet_forward() {
     let t = case_file(&dir, &manifest, "unet_forward");
     let tmp = tempdir();
     let unet = sdxl::load_unet(&write_module(tmp.path(), &manifest, "unet"), &Device::Cpu, DType::F32).unwrap();
-    let timestep: f64 = t["timestep"]
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()[0];
+    let timestep: f64 = t["timestep"].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()[0];
     let got = unet
         .forward(
             &t["sample"],
             timestep,
             &t["encoder_hidden_states"],
-            Some(AddedCond {
-                text_embeds: &t["text_embeds"],
-                time_ids: &t["time_ids"],
-            }),
+            Some(AddedCond { text_embeds: &t["text_embeds"], time_ids: &t["time_ids"] }),
         )
         .unwrap();
-    check_close(
-        "unet_forward/noise_pred",
-        &got,
-        &t["noise_pred"],
-        tol(&manifest, "unet_forward"),
-    );
+    check_close("unet_forward/noise_pred", &got, &t["noise_pred"], tol(&manifest, "unet_forward"));
 }
 
 fn options_from(manifest: &Value) -> SdxlOptions {
@@ -338,21 +254,9 @@ fn sdxl_golden_pipeline() {
             &mut timings,
         )
         .unwrap();
-    let scalar = |x: &Tensor| {
-        x.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()[0]
-    };
+    let scalar = |x: &Tensor| x.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()[0];
     assert_eq!(trace.timesteps[0], scalar(&t["timestep"]), "timestep");
-    check_close(
-        "pipeline/time_ids",
-        &trace.time_ids,
-        &t["time_ids"].reshape(trace.time_ids.shape()).unwrap(),
-        tol,
-    );
+    check_close("pipeline/time_ids", &trace.time_ids, &t["time_ids"].reshape(trace.time_ids.shape()).unwrap(), tol);
     check_close("pipeline/prompt_embeds", &trace.prompt_embeds, &t["prompt_embeds"], tol);
     check_close("pipeline/text_embeds", &trace.text_embeds, &t["text_embeds"], tol);
     check_close("pipeline/unet_input", &trace.unet_inputs[0], &t["unet_input"], tol);
@@ -362,23 +266,9 @@ fn sdxl_golden_pipeline() {
     check_close("pipeline/image", &trace.image, &t["image"], tol);
     // u8 by rounding: exact, or ±1 only where the reference value sits on a .5 boundary.
     let (_, _, bytes) = sdxl::vae::to_rgb8(&((&trace.image * 2.0).unwrap() - 1.0).unwrap()).unwrap();
-    let want: Vec<u8> = t["image_u8"]
-        .get(0)
-        .unwrap()
-        .permute((1, 2, 0))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let refv: Vec<f32> = (t["image"]
-        .get(0)
-        .unwrap()
-        .permute((1, 2, 0))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        * 255.0)
+    let want: Vec<u8> =
+        t["image_u8"].get(0).unwrap().permute((1, 2, 0)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let refv: Vec<f32> = (t["image"].get(0).unwrap().permute((1, 2, 0)).unwrap().flatten_all().unwrap() * 255.0)
         .unwrap()
         .to_vec1()
         .unwrap();
@@ -392,10 +282,7 @@ fn sdxl_golden_pipeline() {
             );
         }
     }
-    println!(
-        "pipeline/image_u8                        {off} of {} values differ (±1 at .5 only)",
-        want.len()
-    );
+    println!("pipeline/image_u8                        {off} of {} values differ (±1 at .5 only)", want.len());
     println!("timings: {:?}", timings.0);
 }
 
@@ -432,18 +319,9 @@ fn sdxl_golden_stage_generate_is_seeded() {
     for key in ["sdxl_text_encoders", "sdxl_unet", "sdxl_vae"] {
         assert!(timings.0.contains_key(key), "{key} timed");
     }
-    println!(
-        "generate: {}x{} image, seeded; timings {:?}",
-        a.width(),
-        a.height(),
-        timings.0
-    );
+    println!("generate: {}x{} image, seeded; timings {:?}", a.width(), a.height(), timings.0);
     let png = sdxl::save_reference_image(&a, &tmp.path().join("chair.asset")).unwrap();
-    assert_eq!(
-        image::open(&png).unwrap().to_rgb8().as_raw(),
-        a.as_raw(),
-        "--keep-images PNG round trip"
-    );
+    assert_eq!(image::open(&png).unwrap().to_rgb8().as_raw(), a.as_raw(), "--keep-images PNG round trip");
     // A missing tensor is reported by name.
     let unet_file = tmp.path().join("sdxl-turbo/unet/diffusion_pytorch_model.safetensors");
     let mut keep = specs(&manifest["tensors"]["unet"]);
@@ -466,10 +344,8 @@ fn sdxl_golden_stage_generate_is_seeded() {
 #[test]
 #[ignore]
 fn sdxl_bench_real_sizes() {
-    let opts = lumen::bench::BenchOptions {
-        iters: 1,
-        quick: std::env::var("LUMEN_BENCH_QUICK").is_ok_and(|v| v == "1"),
-    };
+    let opts =
+        lumen::bench::BenchOptions { iters: 1, quick: std::env::var("LUMEN_BENCH_QUICK").is_ok_and(|v| v == "1") };
     // LUMEN_SDXL_BENCH_PARTS=unet_step,vae_decode selects parts.
     let parts = std::env::var("LUMEN_SDXL_BENCH_PARTS").unwrap_or_default();
     let rows = if parts.is_empty() {

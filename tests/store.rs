@@ -11,19 +11,10 @@ use support::gcs::GcsServer;
 
 fn exercise(store: &Store) {
     // Conditional create, no overwrite without force, overwrite with force.
-    assert_eq!(
-        store.put("shapes/abc.json", b"one".to_vec(), false).unwrap(),
-        PutOutcome::Created
-    );
-    assert_eq!(
-        store.put("shapes/abc.json", b"two".to_vec(), false).unwrap(),
-        PutOutcome::Exists
-    );
+    assert_eq!(store.put("shapes/abc.json", b"one".to_vec(), false).unwrap(), PutOutcome::Created);
+    assert_eq!(store.put("shapes/abc.json", b"two".to_vec(), false).unwrap(), PutOutcome::Exists);
     assert_eq!(store.get("shapes/abc.json").unwrap().unwrap().as_ref(), b"one");
-    assert_eq!(
-        store.put("shapes/abc.json", b"three".to_vec(), true).unwrap(),
-        PutOutcome::Overwritten
-    );
+    assert_eq!(store.put("shapes/abc.json", b"three".to_vec(), true).unwrap(), PutOutcome::Overwritten);
     assert_eq!(store.get("shapes/abc.json").unwrap().unwrap().as_ref(), b"three");
     assert!(store.exists("shapes/abc.json").unwrap());
     assert!(!store.exists("shapes/missing.json").unwrap());
@@ -77,10 +68,8 @@ fn local_store_suite() {
     let store = Store::open(dir.path().join("out").to_str().unwrap(), &StoreOptions::default()).unwrap();
     exercise(&store);
     // No staging files are left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path().join("out/shapes"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> =
+        std::fs::read_dir(dir.path().join("out/shapes")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "{names:?}");
     let url = format!("file://{}", dir.path().join("out").display());
     let again = Store::open(&url, &StoreOptions::default()).unwrap();
@@ -88,11 +77,8 @@ fn local_store_suite() {
 }
 
 fn gcs_store(server: &GcsServer, url: &str, timeout: Duration, retries: usize) -> Store {
-    let opts = StoreOptions {
-        timeout,
-        max_retries: retries,
-        gcs_service_account_key: Some(server.service_account_key()),
-    };
+    let opts =
+        StoreOptions { timeout, max_retries: retries, gcs_service_account_key: Some(server.service_account_key()) };
     Store::open(url, &opts).unwrap()
 }
 
@@ -106,10 +92,7 @@ fn gcs_store_suite_over_http() {
     assert!(names.contains(&"run1/shapes/abc.json".to_string()), "{names:?}");
     // Space and '+' travel percent-encoded in the URL and arrive decoded; object_store itself
     // keeps non-ASCII characters percent-encoded inside its object names.
-    assert!(
-        names.iter().any(|n| n.starts_with("run1/images/abc/a b+c ")),
-        "{names:?}"
-    );
+    assert!(names.iter().any(|n| n.starts_with("run1/images/abc/a b+c ")), "{names:?}");
     // The conditional create reached the server as a generation precondition.
     assert!(server
         .requests()
@@ -122,10 +105,7 @@ fn gcs_retries_server_errors() {
     let server = GcsServer::start();
     let store = gcs_store(&server, "gs://bucket/p", Duration::from_secs(10), 3);
     server.state.fail_next.store(2, Ordering::SeqCst);
-    assert_eq!(
-        store.put("shapes/k.json", b"data".to_vec(), true).unwrap(),
-        PutOutcome::Created
-    );
+    assert_eq!(store.put("shapes/k.json", b"data".to_vec(), true).unwrap(), PutOutcome::Created);
     assert_eq!(server.get("bucket", "p/shapes/k.json").unwrap().data, b"data");
     server.state.fail_next.store(2, Ordering::SeqCst);
     assert_eq!(store.get("shapes/k.json").unwrap().unwrap().as_ref(), b"data");
@@ -155,11 +135,7 @@ fn gcs_retries_slow_answers_after_the_timeout() {
     server.state.delay_ms.store(1500, Ordering::SeqCst);
     server.state.slow_next.store(1, Ordering::SeqCst);
     assert_eq!(store.get("shapes/slow.json").unwrap().unwrap().as_ref(), b"late");
-    assert!(
-        server.requests().len() >= 2,
-        "the slow request was retried: {:?}",
-        server.requests()
-    );
+    assert!(server.requests().len() >= 2, "the slow request was retried: {:?}", server.requests());
 }
 
 #[test]
@@ -167,10 +143,7 @@ fn gcs_conditional_create_conflict_is_reported_as_exists() {
     let server = GcsServer::start();
     server.put_raw("bucket", "shapes/taken.json", b"first");
     let store = gcs_store(&server, "gs://bucket", Duration::from_secs(5), 1);
-    assert_eq!(
-        store.put("shapes/taken.json", b"second".to_vec(), false).unwrap(),
-        PutOutcome::Exists
-    );
+    assert_eq!(store.put("shapes/taken.json", b"second".to_vec(), false).unwrap(), PutOutcome::Exists);
     assert_eq!(server.get("bucket", "shapes/taken.json").unwrap().data, b"first");
 }
 
@@ -216,8 +189,5 @@ fn bad_store_urls_are_usage_errors() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let under_a_file = file.path().join("store");
     let err = Store::open(under_a_file.to_str().unwrap(), &StoreOptions::default()).unwrap_err();
-    assert!(
-        lumen::error::is_usage(&err) && format!("{err:#}").contains("not writable"),
-        "{err:#}"
-    );
+    assert!(lumen::error::is_usage(&err) && format!("{err:#}").contains("not writable"), "{err:#}");
 }

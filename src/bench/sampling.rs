@@ -17,11 +17,8 @@ fn subdivide(m: &TriMesh) -> TriMesh {
             v.push([(p[0] + q[0]) / 2.0, (p[1] + q[1]) / 2.0, (p[2] + q[2]) / 2.0]);
             v.len() as u32 - 1
         };
-        let (ab, bc, ca) = (
-            mid(f[0], f[1], &mut vertices),
-            mid(f[1], f[2], &mut vertices),
-            mid(f[2], f[0], &mut vertices),
-        );
+        let (ab, bc, ca) =
+            (mid(f[0], f[1], &mut vertices), mid(f[1], f[2], &mut vertices), mid(f[2], f[0], &mut vertices));
         faces.extend([[f[0], ab, ca], [ab, f[1], bc], [ca, bc, f[2]], [ab, bc, ca]]);
     }
     TriMesh::new(vertices, faces)
@@ -69,10 +66,6 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
             whole,
             format!("{triangles} triangles in 4 parts, attachment included"),
         ),
-        row(
-            "attachment_weights 2048 pts (one core)",
-            attach,
-            "part of the row above".into(),
-        ),
+        row("attachment_weights 2048 pts (one core)", attach, "part of the row above".into()),
     ])
 }

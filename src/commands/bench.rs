@@ -14,10 +14,7 @@ pub fn run(a: BenchArgs) -> Result<u8> {
         }
         return Ok(exit::OK);
     }
-    let opts = BenchOptions {
-        iters: a.iters.max(1),
-        quick: a.quick,
-    };
+    let opts = BenchOptions { iters: a.iters.max(1), quick: a.quick };
     let chosen: Vec<_> = if a.suites.is_empty() {
         SUITES.iter().collect()
     } else {
@@ -36,10 +33,7 @@ pub fn run(a: BenchArgs) -> Result<u8> {
     }
     let mut rows = Vec::new();
     for (name, suite) in chosen {
-        log(&format!(
-            "running bench suite {name} ({} iterations after a warm-up)",
-            opts.iters
-        ));
+        log(&format!("running bench suite {name} ({} iterations after a warm-up)", opts.iters));
         let got = suite(&opts)?;
         if !a.json {
             for r in &got {

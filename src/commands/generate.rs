@@ -32,11 +32,7 @@ impl GenerateOptions {
     /// Validates everything before any work starts: one bad concept stops the command
     /// with exit 2 and nothing is written.
     pub fn from_args(a: GenerateArgs) -> Result<Self> {
-        let concepts = a
-            .concepts
-            .iter()
-            .map(|t| Concept::parse(t))
-            .collect::<Result<Vec<_>, UsageError>>()?;
+        let concepts = a.concepts.iter().map(|t| Concept::parse(t)).collect::<Result<Vec<_>, UsageError>>()?;
         let parts = a.parts.map(|p| check_parts(p as usize)).transpose()?;
         Ok(Self {
             concepts,
@@ -85,11 +81,7 @@ pub fn stored_result(c: &Concept, store: &Store, force: bool) -> Option<ConceptR
         Ok(false) => None,
         Ok(true) => Some(ConceptResult {
             status: "exists".into(),
-            location: Some(format!(
-                "{}/{}",
-                store.url().trim_end_matches('/'),
-                Store::shape_rel(&c.key)
-            )),
+            location: Some(format!("{}/{}", store.url().trim_end_matches('/'), Store::shape_rel(&c.key))),
             error: None,
             ..ConceptResult::failed(c, String::new())
         }),
@@ -125,9 +117,7 @@ pub fn request_for(
     ShapeRequest {
         concept: c.clone(),
         parts: parts.or(entry.and_then(|e| e.parts)),
-        seed: seed
-            .or(entry.and_then(|e| e.seed))
-            .unwrap_or_else(|| default_seed(&c.key)),
+        seed: seed.or(entry.and_then(|e| e.seed)).unwrap_or_else(|| default_seed(&c.key)),
         points,
         part_names: entry.map(|e| e.part_names.clone()).unwrap_or_default(),
     }
@@ -149,18 +139,14 @@ pub fn generate_one(request: &ShapeRequest, gens: &super::Generators, store: &St
     if let Some(e) = &gens.primary_error {
         errors.push(e.clone());
     }
-    let asset = gens
-        .primary
-        .iter()
-        .chain(gens.fallback.iter())
-        .find_map(|g| match attempt(g.as_ref()) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                log(&format!("{}: {} pipeline failed: {e:#}", c.text, g.name()));
-                errors.push(format!("{}: {e:#}", g.name()));
-                None
-            }
-        });
+    let asset = gens.primary.iter().chain(gens.fallback.iter()).find_map(|g| match attempt(g.as_ref()) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            log(&format!("{}: {} pipeline failed: {e:#}", c.text, g.name()));
+            errors.push(format!("{}: {e:#}", g.name()));
+            None
+        }
+    });
     let Some(asset) = asset else {
         return ConceptResult::failed(c, errors.join("; "));
     };
@@ -210,10 +196,7 @@ pub fn record_in_manifest(store: &Store, results: &[(ConceptResult, String, Stri
                 let texts = std::mem::take(&mut m.entries.get_mut(&r.key).unwrap().texts);
                 m.entries.insert(
                     r.key.clone(),
-                    crate::store::ManifestEntry {
-                        texts,
-                        ..new_entry(r, normalized, created_at)
-                    },
+                    crate::store::ManifestEntry { texts, ..new_entry(r, normalized, created_at) },
                 );
             }
             let entry = m.entries.get_mut(&r.key).unwrap();
@@ -288,21 +271,15 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
         let list: Vec<&ConceptResult> = results.iter().map(|(r, _, _)| r).collect();
         emit_json(&serde_json::json!({ "results": list, "failed": failed, "manifest_error": manifest_error }));
     }
-    Ok(if failed > 0 || manifest_error.is_some() {
-        exit::FAILED
-    } else {
-        exit::OK
-    })
+    Ok(if failed > 0 || manifest_error.is_some() { exit::FAILED } else { exit::OK })
 }
 
 pub fn human_line(r: &ConceptResult) -> String {
     match r.status.as_str() {
         "failed" => format!("FAILED  {:<24} {}", r.text, r.error.as_deref().unwrap_or("")),
-        "exists" => format!(
-            "exists  {:<24} {} (use --force to regenerate)",
-            r.text,
-            r.location.as_deref().unwrap_or("")
-        ),
+        "exists" => {
+            format!("exists  {:<24} {} (use --force to regenerate)", r.text, r.location.as_deref().unwrap_or(""))
+        }
         s => format!(
             "{s:<7} {:<24} {} ({} parts, {} pipeline, {} bytes)",
             r.text,

@@ -90,11 +90,7 @@ pub fn load_generators(kind: PipelineKind, fallback: Option<PipelineKind>, model
         Some(k) if k != kind => Some(make_generator(k, model)?),
         _ => None,
     };
-    Ok(Generators {
-        primary,
-        primary_error,
-        fallback,
-    })
+    Ok(Generators { primary, primary_error, fallback })
 }
 
 /// A log line on stderr.

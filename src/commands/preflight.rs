@@ -47,24 +47,13 @@ const RUN_CHECK: &str = "partcrafter tiny end-to-end run";
 /// a 32³ extraction lattice): proves the device runs each stage, in seconds on a GPU.
 fn tiny_model_run(generator: &PartCrafterGenerator) -> Result<String> {
     let concept = Concept::parse("chair")?;
-    let request = ShapeRequest {
-        concept,
-        parts: Some(1),
-        seed: 1,
-        points: 256,
-        part_names: vec![],
-    };
+    let request = ShapeRequest { concept, parts: Some(1), seed: 1, points: 256, part_names: vec![] };
     let mut timings = crate::pipeline::Timings::default();
     let shape = generator.generate(&request, &mut timings)?;
     let asset = build_asset(&request, shape, timings)?;
     Asset::decode(&asset.to_json_bytes())?;
     let total: f64 = asset.timings_ms.values().sum();
-    Ok(format!(
-        "chair → {} part(s), {} points in {:.0} ms",
-        asset.part_names.len(),
-        asset.num_points,
-        total
-    ))
+    Ok(format!("chair → {} part(s), {} points in {:.0} ms", asset.part_names.len(), asset.num_points, total))
 }
 
 #[derive(Debug, Serialize)]
@@ -82,21 +71,11 @@ fn check(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
         Ok(d) => ("ok", d),
         Err(e) => ("fail", format!("{e:#}")),
     };
-    Check {
-        name: name.into(),
-        status: status.into(),
-        detail,
-        ms: start.elapsed().as_secs_f64() * 1e3,
-    }
+    Check { name: name.into(), status: status.into(), detail, ms: start.elapsed().as_secs_f64() * 1e3 }
 }
 
 fn skipped(name: &str, why: &str) -> Check {
-    Check {
-        name: name.into(),
-        status: "skipped".into(),
-        detail: why.into(),
-        ms: 0.0,
-    }
+    Check { name: name.into(), status: "skipped".into(), detail: why.into(), ms: 0.0 }
 }
 
 pub fn run(opts: PreflightOptions) -> Result<u8> {
@@ -104,23 +83,13 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
     let store = Store::open(&opts.store, &StoreOptions::from_env());
     checks.push(check("store", || {
         let store = store.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let rel = format!(
-            "preflight/{}-{}.json",
-            std::process::id(),
-            crate::time::now_rfc3339().replace(':', "")
-        );
+        let rel = format!("preflight/{}-{}.json", std::process::id(), crate::time::now_rfc3339().replace(':', ""));
         let body = format!("{{\"preflight\":\"{}\"}}", crate::time::now_rfc3339()).into_bytes();
         store.put(&rel, body.clone(), true)?;
-        let back = store
-            .get(&rel)?
-            .context("the object written was not found when read back")?;
+        let back = store.get(&rel)?.context("the object written was not found when read back")?;
         store.delete(&rel)?;
         if back.as_ref() != body.as_slice() {
-            bail!(
-                "read back {} bytes that differ from the {} written",
-                back.len(),
-                body.len()
-            );
+            bail!("read back {} bytes that differ from the {} written", back.len(), body.len());
         }
         Ok(format!("{}: write, read back and delete round trip", store.url()))
     }));
@@ -138,27 +107,13 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
         let c = Catalog::load(&opts.catalog)?;
         let collisions = c.collisions();
         if !collisions.is_empty() {
-            bail!(
-                "{} collision(s): {:?}",
-                collisions.len(),
-                collisions.iter().map(|c| &c.texts).collect::<Vec<_>>()
-            );
+            bail!("{} collision(s): {:?}", collisions.len(), collisions.iter().map(|c| &c.texts).collect::<Vec<_>>());
         }
-        Ok(format!(
-            "{}: {} concepts, no collisions",
-            opts.catalog.display(),
-            c.entries.len()
-        ))
+        Ok(format!("{}: {} concepts, no collisions", opts.catalog.display(), c.entries.len()))
     }));
     checks.push(check("procedural end-to-end", || {
         let concept = Concept::parse("chair")?;
-        let request = ShapeRequest {
-            concept,
-            parts: None,
-            seed: 1,
-            points: 2048,
-            part_names: vec![],
-        };
+        let request = ShapeRequest { concept, parts: None, seed: 1, points: 2048, part_names: vec![] };
         let mut timings = crate::pipeline::Timings::default();
         let shape = ProceduralGenerator.generate(&request, &mut timings)?;
         let asset = build_asset(&request, shape, timings)?;
@@ -199,19 +154,9 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
         emit_json(&serde_json::json!({ "ok": failed == 0, "checks": checks }));
     } else {
         for c in &checks {
-            emit(&format!(
-                "{:<8} {:<48} {:>8.1} ms  {}",
-                c.status.to_uppercase(),
-                c.name,
-                c.ms,
-                c.detail
-            ));
+            emit(&format!("{:<8} {:<48} {:>8.1} ms  {}", c.status.to_uppercase(), c.name, c.ms, c.detail));
         }
-        emit(if failed == 0 {
-            "preflight passed"
-        } else {
-            "preflight FAILED"
-        });
+        emit(if failed == 0 { "preflight passed" } else { "preflight FAILED" });
     }
     Ok(if failed == 0 { exit::OK } else { exit::PREFLIGHT })
 }

@@ -44,10 +44,8 @@ impl PregenerateOptions {
             Some(s) => Shard::parse(s)?,
             None => Shard::from_env(|k| std::env::var(k).ok())?.unwrap_or(Shard::ALL),
         };
-        let jobs = a
-            .jobs
-            .map(|j| j as usize)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let jobs =
+            a.jobs.map(|j| j as usize).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Ok(Self {
             catalog_path: a.catalog,
             catalog,
@@ -116,11 +114,7 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
     let gens = load_generators(opts.pipeline, opts.fallback, &opts.model)?;
     let bar = ProgressBar::with_draw_target(
         Some(mine.len() as u64),
-        if stderr_is_tty() && !opts.json {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
+        if stderr_is_tty() && !opts.json { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
     );
     bar.set_style(ProgressStyle::with_template(PROGRESS_TEMPLATE).expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -199,20 +193,13 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
             emit(&format!("  collision: {:?} share key {}", c.texts, c.key));
         }
     }
-    Ok(if summary.failed > 0 || summary.manifest_error.is_some() {
-        exit::FAILED
-    } else {
-        exit::OK
-    })
+    Ok(if summary.failed > 0 || summary.manifest_error.is_some() { exit::FAILED } else { exit::OK })
 }
 
 /// Test hook: `LUMEN_DEBUG_CONCEPT_DELAY_MS` slows each generated concept so integration
 /// tests can kill a run in the middle. Never set in production.
 fn debug_delay() {
-    if let Some(ms) = std::env::var("LUMEN_DEBUG_CONCEPT_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(ms) = std::env::var("LUMEN_DEBUG_CONCEPT_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
         std::thread::sleep(Duration::from_millis(ms));
     }
 }

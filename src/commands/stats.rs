@@ -41,12 +41,7 @@ impl Percentiles {
         }
         values.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-        Self {
-            min: values[0],
-            p50: at(0.5),
-            p90: at(0.9),
-            max: values[values.len() - 1],
-        }
+        Self { min: values[0], p50: at(0.5), p90: at(0.9), max: values[values.len() - 1] }
     }
 }
 
@@ -94,10 +89,7 @@ pub fn collect(store: &Store, repair: bool) -> Result<StatsReport> {
         Ok(m) => (m, None),
         Err(e) => (Manifest::default(), Some(format!("{e:#}"))),
     };
-    let mut report = StatsReport {
-        store: store.url().to_string(),
-        ..Default::default()
-    };
+    let mut report = StatsReport { store: store.url().to_string(), ..Default::default() };
     let mut sizes = Vec::new();
     let mut timings: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut rebuilt: BTreeMap<String, ManifestEntry> = BTreeMap::new();
@@ -117,10 +109,7 @@ pub fn collect(store: &Store, repair: bool) -> Result<StatsReport> {
                 continue;
             }
             Err(e) => {
-                report.invalid.push(InvalidBlob {
-                    key: key.clone(),
-                    error: e.to_string(),
-                });
+                report.invalid.push(InvalidBlob { key: key.clone(), error: e.to_string() });
                 continue;
             }
         };
@@ -148,40 +137,22 @@ pub fn collect(store: &Store, repair: bool) -> Result<StatsReport> {
         );
     }
     report.size_bytes = Percentiles::of(&mut sizes);
-    report.timings_ms = timings
-        .into_iter()
-        .map(|(k, mut v)| (k, Percentiles::of(&mut v)))
-        .collect();
+    report.timings_ms = timings.into_iter().map(|(k, mut v)| (k, Percentiles::of(&mut v))).collect();
     report.collisions = manifest
         .entries
         .iter()
         .filter(|(_, e)| e.texts.len() > 1)
-        .map(|(k, e)| CollisionReport {
-            key: k.clone(),
-            texts: e.texts.clone(),
-        })
+        .map(|(k, e)| CollisionReport { key: k.clone(), texts: e.texts.clone() })
         .collect();
     report.manifest = ManifestCheck {
         entries: manifest.entries.len(),
-        missing: rebuilt
-            .keys()
-            .filter(|k| !manifest.entries.contains_key(*k))
-            .cloned()
-            .collect(),
-        stale: manifest
-            .entries
-            .keys()
-            .filter(|k| !rebuilt.contains_key(*k))
-            .cloned()
-            .collect(),
+        missing: rebuilt.keys().filter(|k| !manifest.entries.contains_key(*k)).cloned().collect(),
+        stale: manifest.entries.keys().filter(|k| !rebuilt.contains_key(*k)).cloned().collect(),
         repaired: false,
         error: manifest_error,
     };
     if repair {
-        store.write_manifest(&Manifest {
-            entries: rebuilt,
-            ..Default::default()
-        })?;
+        store.write_manifest(&Manifest { entries: rebuilt, ..Default::default() })?;
         report.manifest.repaired = true;
     }
     Ok(report)
@@ -192,10 +163,7 @@ fn print_human(r: &StatsReport) {
     emit(&format!("assets       {} ({} bytes in all)", r.assets, r.total_bytes));
     if r.assets > 0 {
         let s = &r.size_bytes;
-        emit(&format!(
-            "asset size   min {:.0}  median {:.0}  p90 {:.0}  max {:.0} bytes",
-            s.min, s.p50, s.p90, s.max
-        ));
+        emit(&format!("asset size   min {:.0}  median {:.0}  p90 {:.0}  max {:.0} bytes", s.min, s.p50, s.p90, s.max));
     }
     for (p, n) in &r.pipelines {
         emit(&format!("pipeline     {p}: {n}"));
@@ -204,10 +172,7 @@ fn print_human(r: &StatsReport) {
         emit(&format!("model        {m}: {n}"));
     }
     for (stage, t) in &r.timings_ms {
-        emit(&format!(
-            "time {stage:<12} p50 {:.1}  p90 {:.1}  max {:.1} ms",
-            t.p50, t.p90, t.max
-        ));
+        emit(&format!("time {stage:<12} p50 {:.1}  p90 {:.1}  max {:.1} ms", t.p50, t.p90, t.max));
     }
     for c in &r.collisions {
         emit(&format!("collision    {}: {:?}", c.key, c.texts));

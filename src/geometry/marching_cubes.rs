@@ -94,11 +94,7 @@ fn cell_triangles(cell: [u32; 3], f: &[f32; 8], level: f32, dims: [usize; 3], ou
             0 => {}
             2 => {
                 // "enter" = outside → inside along the ring, "exit" = inside → outside.
-                let (e, x) = if s[(cross[0] + 1) % 4] {
-                    (cross[0], cross[1])
-                } else {
-                    (cross[1], cross[0])
-                };
+                let (e, x) = if s[(cross[0] + 1) % 4] { (cross[0], cross[1]) } else { (cross[1], cross[0]) };
                 let (a, b) = edge(e);
                 let (c, d) = edge(x);
                 next[n] = (a, b, c, d);
@@ -182,10 +178,7 @@ fn assemble(
         })
         .collect();
     let index = |k: u64| keys.binary_search(&k).expect("edge key present") as u32;
-    let faces: Vec<[u32; 3]> = tris
-        .par_iter()
-        .map(|t| [index(t[0]), index(t[1]), index(t[2])])
-        .collect();
+    let faces: Vec<[u32; 3]> = tris.par_iter().map(|t| [index(t[0]), index(t[1]), index(t[2])]).collect();
     TriMesh::new(vertices, faces)
 }
 
@@ -194,11 +187,7 @@ fn assemble(
 /// does not hold `dims` nodes.
 pub fn marching_cubes_dense(values: &[f32], dims: [usize; 3], level: f32) -> anyhow::Result<TriMesh> {
     let n = dims[0] * dims[1] * dims[2];
-    anyhow::ensure!(
-        values.len() == n,
-        "grid of {} values is not {dims:?} = {n} nodes",
-        values.len()
-    );
+    anyhow::ensure!(values.len() == n, "grid of {} values is not {dims:?} = {n} nodes", values.len());
     if dims.iter().any(|&d| d < 2) {
         return Ok(TriMesh::default());
     }

@@ -20,11 +20,7 @@ impl TriMesh {
     /// Corner positions of face `f`.
     pub fn triangle(&self, f: usize) -> [[f32; 3]; 3] {
         let [a, b, c] = self.faces[f];
-        [
-            self.vertices[a as usize],
-            self.vertices[b as usize],
-            self.vertices[c as usize],
-        ]
+        [self.vertices[a as usize], self.vertices[b as usize], self.vertices[c as usize]]
     }
 
     /// Area of every face, in f64 (sums over 10⁵ faces stay exact enough).
@@ -52,8 +48,7 @@ impl TriMesh {
     pub fn append(&mut self, other: &TriMesh) {
         let base = self.vertices.len() as u32;
         self.vertices.extend_from_slice(&other.vertices);
-        self.faces
-            .extend(other.faces.iter().map(|f| [f[0] + base, f[1] + base, f[2] + base]));
+        self.faces.extend(other.faces.iter().map(|f| [f[0] + base, f[1] + base, f[2] + base]));
     }
 
     /// Applies `f` to every vertex.

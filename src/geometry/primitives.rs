@@ -17,18 +17,8 @@ pub fn cuboid(c: [f32; 3], h: [f32; 3]) -> TriMesh {
         })
         .collect();
     // Outward-wound quads as pairs of triangles.
-    let quads = [
-        [0, 2, 3, 1],
-        [4, 5, 7, 6],
-        [0, 1, 5, 4],
-        [2, 6, 7, 3],
-        [0, 4, 6, 2],
-        [1, 3, 7, 5],
-    ];
-    let faces = quads
-        .iter()
-        .flat_map(|q| [[q[0], q[1], q[2]], [q[0], q[2], q[3]]])
-        .collect();
+    let quads = [[0, 2, 3, 1], [4, 5, 7, 6], [0, 1, 5, 4], [2, 6, 7, 3], [0, 4, 6, 2], [1, 3, 7, 5]];
+    let faces = quads.iter().flat_map(|q| [[q[0], q[1], q[2]], [q[0], q[2], q[3]]]).collect();
     TriMesh::new(v, faces)
 }
 
@@ -37,11 +27,7 @@ fn sub(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
 }
 
 fn cross(a: [f32; 3], b: [f32; 3]) -> [f32; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 fn normalize(a: [f32; 3]) -> [f32; 3] {
@@ -51,11 +37,7 @@ fn normalize(a: [f32; 3]) -> [f32; 3] {
 
 /// Two unit vectors perpendicular to `axis` and to each other.
 fn basis(axis: [f32; 3]) -> ([f32; 3], [f32; 3]) {
-    let helper = if axis[1].abs() < 0.9 {
-        [0.0, 1.0, 0.0]
-    } else {
-        [1.0, 0.0, 0.0]
-    };
+    let helper = if axis[1].abs() < 0.9 { [0.0, 1.0, 0.0] } else { [1.0, 0.0, 0.0] };
     let u = normalize(cross(axis, helper));
     (u, cross(axis, u))
 }
@@ -142,9 +124,7 @@ pub fn torus(c: [f32; 3], axis: [f32; 3], big: f32, small: f32) -> TriMesh {
         let dir: [f32; 3] = std::array::from_fn(|k| t.cos() * u[k] + t.sin() * w[k]);
         for j in 0..n_tube {
             let p = TAU * j as f32 / n_tube as f32;
-            vertices.push(std::array::from_fn(|k| {
-                c[k] + (big + small * p.cos()) * dir[k] + small * p.sin() * axis[k]
-            }));
+            vertices.push(std::array::from_fn(|k| c[k] + (big + small * p.cos()) * dir[k] + small * p.sin() * axis[k]));
         }
     }
     let idx = |i: usize, j: usize| ((i % n_ring) * n_tube + j % n_tube) as u32;
@@ -169,27 +149,11 @@ mod tests {
 
     #[test]
     fn areas_match_the_analytic_shapes() {
-        close(
-            cuboid([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]).area(),
-            2.0 * (8.0 + 24.0 + 12.0),
-            1e-6,
-        );
+        close(cuboid([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]).area(), 2.0 * (8.0 + 24.0 + 12.0), 1e-6);
         close(sphere([0.0; 3], 1.0).area(), 4.0 * PI, 0.03);
-        close(
-            cylinder([0.0; 3], [0.0, 2.0, 0.0], 0.5).area(),
-            2.0 * PI * 0.5 * 2.0 + 2.0 * PI * 0.25,
-            0.02,
-        );
-        close(
-            torus([0.0; 3], [0.0, 1.0, 0.0], 1.0, 0.25).area(),
-            4.0 * PI * PI * 0.25,
-            0.03,
-        );
-        for m in [
-            cuboid([0.0; 3], [1.0; 3]),
-            sphere([0.0; 3], 1.0),
-            frustum([0.0; 3], [1.0, 1.0, 0.0], 0.3, 0.0),
-        ] {
+        close(cylinder([0.0; 3], [0.0, 2.0, 0.0], 0.5).area(), 2.0 * PI * 0.5 * 2.0 + 2.0 * PI * 0.25, 0.02);
+        close(torus([0.0; 3], [0.0, 1.0, 0.0], 1.0, 0.25).area(), 4.0 * PI * PI * 0.25, 0.03);
+        for m in [cuboid([0.0; 3], [1.0; 3]), sphere([0.0; 3], 1.0), frustum([0.0; 3], [1.0, 1.0, 0.0], 0.3, 0.0)] {
             m.validate().unwrap();
         }
     }

@@ -28,11 +28,7 @@ pub struct SampleOptions {
 
 impl SampleOptions {
     pub fn new(num_points: usize, seed: u64) -> Self {
-        Self {
-            num_points,
-            seed,
-            min_share: 0.02,
-        }
+        Self { num_points, seed, min_share: 0.02 }
     }
 }
 
@@ -99,11 +95,8 @@ fn allocate(n: usize, areas: &[f64], min_share: f64) -> Vec<usize> {
     let mut alloc: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
     let mut left = rest - alloc.iter().sum::<usize>();
     let mut by_remainder: Vec<usize> = (0..k).collect();
-    by_remainder.sort_by(|&a, &b| {
-        (exact[b] - exact[b].floor())
-            .total_cmp(&(exact[a] - exact[a].floor()))
-            .then(a.cmp(&b))
-    });
+    by_remainder
+        .sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(a.cmp(&b)));
     for &i in by_remainder.iter().cycle() {
         if left == 0 {
             break;
@@ -128,9 +121,7 @@ fn sample_mesh(mesh: &TriMesh, areas: &[f64], count: usize, rng: &mut Rng, out: 
         let [a, b, c] = mesh.triangle(f);
         let (r1, r2) = (rng.uniform().sqrt(), rng.uniform());
         let (wa, wb, wc) = (1.0 - r1, r1 * (1.0 - r2), r1 * r2);
-        out.push(std::array::from_fn(|k| {
-            (wa * a[k] as f64 + wb * b[k] as f64 + wc * c[k] as f64) as f32
-        }));
+        out.push(std::array::from_fn(|k| (wa * a[k] as f64 + wb * b[k] as f64 + wc * c[k] as f64) as f32));
     }
 }
 
@@ -207,12 +198,7 @@ pub fn sample_parts(meshes: &[TriMesh], opts: &SampleOptions) -> Result<SampledC
     }
     let scaled_area = total_area / (half * half);
     let attachment = attachment_weights(&positions, &part_ids, scaled_area);
-    Ok(SampledCloud {
-        positions,
-        part_ids,
-        attachment,
-        parts,
-    })
+    Ok(SampledCloud { positions, part_ids, attachment, parts })
 }
 
 fn dist2(a: &[f32; 3], b: &[f32; 3]) -> f32 {
@@ -230,11 +216,7 @@ struct Soa {
 
 impl Soa {
     fn new<'a>(points: impl Iterator<Item = &'a [f32; 3]>) -> Self {
-        let mut s = Soa {
-            x: vec![],
-            y: vec![],
-            z: vec![],
-        };
+        let mut s = Soa { x: vec![], y: vec![], z: vec![] };
         for p in points {
             s.x.push(p[0]);
             s.y.push(p[1]);
@@ -273,9 +255,8 @@ pub fn attachment_weights(positions: &[[f32; 3]], part_ids: &[u8], surface_area:
     let spacing = (surface_area / n.max(1) as f64).sqrt() as f32;
     let num_parts = part_ids.iter().copied().max().unwrap_or(0) as usize;
     let mut weights = vec![0u8; n];
-    let members: Vec<Vec<usize>> = (1..=num_parts)
-        .map(|id| (0..n).filter(|&i| part_ids[i] as usize == id).collect())
-        .collect();
+    let members: Vec<Vec<usize>> =
+        (1..=num_parts).map(|id| (0..n).filter(|&i| part_ids[i] as usize == id).collect()).collect();
     for (pi, idx) in members.iter().enumerate() {
         if idx.is_empty() {
             continue;
@@ -287,11 +268,7 @@ pub fn attachment_weights(positions: &[[f32; 3]], part_ids: &[u8], surface_area:
             let d_other: Vec<f32> = idx.iter().map(|&i| others.nearest2(&positions[i]).sqrt()).collect();
             let closest = d_other.iter().copied().fold(f32::INFINITY, f32::min);
             let reach = closest + 2.0 * spacing;
-            idx.iter()
-                .zip(&d_other)
-                .filter(|(_, &d)| d <= reach)
-                .map(|(&i, _)| positions[i])
-                .collect()
+            idx.iter().zip(&d_other).filter(|(_, &d)| d <= reach).map(|(&i, _)| positions[i]).collect()
         } else {
             vec![]
         };
@@ -308,11 +285,7 @@ pub fn attachment_weights(positions: &[[f32; 3]], part_ids: &[u8], surface_area:
         let g: Vec<f32> = idx.iter().map(|&i| anchors.nearest2(&positions[i]).sqrt()).collect();
         let gmax = g.iter().copied().fold(0.0, f32::max);
         for (&i, &gi) in idx.iter().zip(&g) {
-            weights[i] = if gmax > 0.0 {
-                (255.0 * gi / gmax).round() as u8
-            } else {
-                0
-            };
+            weights[i] = if gmax > 0.0 { (255.0 * gi / gmax).round() as u8 } else { 0 };
         }
     }
     weights
@@ -349,11 +322,7 @@ mod tests {
         assert_eq!(a.parts[0].source, 0);
         assert_eq!(a.parts[0].points + a.parts[1].points, 2048);
         let expected_head = (0.02f64 * 2048.0).ceil() as usize + ((2048 - 2 * 41) as f64 * 1.5 / 25.5).round() as usize;
-        assert!(
-            (a.parts[1].points as i64 - expected_head as i64).abs() <= 1,
-            "{}",
-            a.parts[1].points
-        );
+        assert!((a.parts[1].points as i64 - expected_head as i64).abs() <= 1, "{}", a.parts[1].points);
         assert!((a.parts[0].area_share - 24.0 / 25.5).abs() < 1e-9);
     }
 
@@ -384,9 +353,7 @@ mod tests {
     #[test]
     fn vectorised_nearest_matches_plain_scan() {
         let mut rng = Rng::new(5);
-        let pts: Vec<[f32; 3]> = (0..1003)
-            .map(|_| std::array::from_fn(|_| rng.uniform() as f32 * 2.0 - 1.0))
-            .collect();
+        let pts: Vec<[f32; 3]> = (0..1003).map(|_| std::array::from_fn(|_| rng.uniform() as f32 * 2.0 - 1.0)).collect();
         let set = Soa::new(pts[..997].iter());
         for q in &pts[997..] {
             let plain = pts[..997].iter().map(|p| dist2(q, p)).fold(f32::INFINITY, f32::min);

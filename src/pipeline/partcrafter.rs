@@ -77,14 +77,7 @@ impl PartCrafterGenerator {
         models: Vec<ModelInfo>,
         options: ModelOptions,
     ) -> Self {
-        Self {
-            text_to_image,
-            background,
-            image_to_parts,
-            models,
-            options,
-            gpu: Mutex::new(()),
-        }
+        Self { text_to_image, background, image_to_parts, models, options, gpu: Mutex::new(()) }
     }
 
     /// Loads every stage's weights (see `weights.rs` for where they are looked up): fp16 on
@@ -100,26 +93,17 @@ impl PartCrafterGenerator {
             fp16_fix_vae: options.fp16_vae,
             ..SdxlOptions::default()
         };
-        let sdxl_repo = source
-            .resolve(weights::SDXL_TURBO, "unet/config.json")
-            .context("SDXL Turbo stage")?;
+        let sdxl_repo = source.resolve(weights::SDXL_TURBO, "unet/config.json").context("SDXL Turbo stage")?;
         let sdxl = SdxlTurbo::load(&source, &device, &sd_options).context("SDXL Turbo stage")?;
-        let rmbg_repo = source
-            .resolve(weights::RMBG, "model.safetensors")
-            .context("background removal stage")?;
+        let rmbg_repo = source.resolve(weights::RMBG, "model.safetensors").context("background removal stage")?;
         let rmbg = RmbgStage::load(&source, &device).context("background removal stage")?;
-        let pc_repo = source
-            .resolve(weights::PARTCRAFTER, "transformer/config.json")
-            .context("PartCrafter stage")?;
+        let pc_repo = source.resolve(weights::PARTCRAFTER, "transformer/config.json").context("PartCrafter stage")?;
         let latents = PartCrafterLatents::load(&pc_repo.dir, &device, dtype).context("PartCrafter stage")?;
         let decoder = SdfDecoder::load(&pc_repo.dir.join("vae"), &device, dtype).context("PartCrafter SDF decoder")?;
 
         let models = [&sdxl_repo, &rmbg_repo, &pc_repo]
             .iter()
-            .map(|r| ModelInfo {
-                id: r.repo.id.to_string(),
-                revision: r.commit.clone(),
-            })
+            .map(|r| ModelInfo { id: r.repo.id.to_string(), revision: r.commit.clone() })
             .collect();
         let parts = PartCrafter {
             latents,
@@ -138,20 +122,13 @@ impl PartCrafterGenerator {
                 ..SamplerOptions::default()
             },
         };
-        Ok(Self::from_stages(
-            Box::new(sdxl),
-            Box::new(rmbg),
-            Box::new(parts),
-            models,
-            options.clone(),
-        ))
+        Ok(Self::from_stages(Box::new(sdxl), Box::new(rmbg), Box::new(parts), models, options.clone()))
     }
 }
 
 fn png_bytes(img: &RgbImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("PNG encoding to memory");
+    img.write_to(&mut out, image::ImageFormat::Png).expect("PNG encoding to memory");
     out.into_inner()
 }
 
@@ -163,19 +140,11 @@ impl ShapeGenerator for PartCrafterGenerator {
     fn generate(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<GeneratedShape> {
         let _one_at_a_time = self.gpu.lock().unwrap_or_else(|p| p.into_inner());
         let prompt = canonical_prompt(&request.concept.normalized);
-        let reference = self
-            .text_to_image
-            .generate(&prompt, request.seed, timings)
-            .context("text → image")?;
-        let prepared = self
-            .background
-            .prepare(&reference, timings)
-            .context("background removal")?;
+        let reference = self.text_to_image.generate(&prompt, request.seed, timings).context("text → image")?;
+        let prepared = self.background.prepare(&reference, timings).context("background removal")?;
         let num_parts = request.parts.unwrap_or(crate::concept::DEFAULT_PARTS);
-        let outcomes = self
-            .image_to_parts
-            .parts(&prepared.image, num_parts, request.seed, timings)
-            .context("image → parts")?;
+        let outcomes =
+            self.image_to_parts.parts(&prepared.image, num_parts, request.seed, timings).context("image → parts")?;
         let mut parts = Vec::new();
         let mut dropped = Vec::new();
         for (i, o) in outcomes.into_iter().enumerate() {
@@ -203,11 +172,7 @@ impl ShapeGenerator for PartCrafterGenerator {
         Ok(GeneratedShape {
             parts,
             dropped,
-            pipeline: PipelineInfo {
-                name: "partcrafter".into(),
-                models: self.models.clone(),
-                settings,
-            },
+            pipeline: PipelineInfo { name: "partcrafter".into(), models: self.models.clone(), settings },
             images,
         })
     }

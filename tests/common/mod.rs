@@ -41,23 +41,15 @@ pub fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
+/// A tensor's values as f64, row-major.
+pub fn values_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
 /// ‖got − want‖₂ / ‖want‖₂, computed in f64.
 pub fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let g: Vec<f64> = got
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let w: Vec<f64> = want
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (g, w) = (values_f64(got), values_f64(want));
     let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
     let den: f64 = w.iter().map(|b| b * b).sum();
     if den == 0.0 {
@@ -67,15 +59,19 @@ pub fn rel_l2(got: &Tensor, want: &Tensor) -> f64 {
     }
 }
 
+/// ‖got − want‖₂ / ‖want − mean(want)‖₂: relative to the signal's variation, for outputs
+/// (masks) whose large mean would hide an error in plain relative L2.
+pub fn centered_rel_l2(got: &Tensor, want: &Tensor) -> f64 {
+    let (g, w) = (values_f64(got), values_f64(want));
+    let mean = w.iter().sum::<f64>() / w.len() as f64;
+    let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
+    let den: f64 = w.iter().map(|b| (b - mean).powi(2)).sum();
+    (num / den).sqrt()
+}
+
 /// Prints the measured error beside the tolerance and fails when it is exceeded.
 pub fn check_close(label: &str, got: &Tensor, want: &Tensor, tol: f64) -> f64 {
-    assert_eq!(
-        got.dims(),
-        want.dims(),
-        "{label}: shape {:?} vs reference {:?}",
-        got.dims(),
-        want.dims()
-    );
+    assert_eq!(got.dims(), want.dims(), "{label}: shape {:?} vs reference {:?}", got.dims(), want.dims());
     let err = rel_l2(got, want);
     let verdict = if err <= tol { "ok" } else { "FAIL" };
     println!("{label:<40} rel_l2 {err:.3e}  (tol {tol:.0e})  {verdict}");
@@ -85,12 +81,7 @@ pub fn check_close(label: &str, got: &Tensor, want: &Tensor, tol: f64) -> f64 {
 
 /// Manifest tensor entries (`[{name, shape, dtype}]`) as specs.
 pub fn specs(entries: &serde_json::Value) -> Vec<TensorSpec> {
-    entries
-        .as_array()
-        .expect("tensor list")
-        .iter()
-        .map(|e| TensorSpec::from_json(e).unwrap())
-        .collect()
+    entries.as_array().expect("tensor list").iter().map(|e| TensorSpec::from_json(e).unwrap()).collect()
 }
 
 /// Writes `dir/file` with synthetic weights for `entries`, creating `dir`.

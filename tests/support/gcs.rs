@@ -46,10 +46,7 @@ impl GcsServer {
     pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State {
-            next_generation: AtomicU64::new(1),
-            ..Default::default()
-        });
+        let state = Arc::new(State { next_generation: AtomicU64::new(1), ..Default::default() });
         let st = state.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -78,34 +75,20 @@ impl GcsServer {
     }
 
     pub fn object_names(&self, bucket: &str) -> Vec<String> {
-        self.state
-            .objects
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|(b, _)| b == bucket)
-            .map(|(_, n)| n.clone())
-            .collect()
+        self.state.objects.lock().unwrap().keys().filter(|(b, _)| b == bucket).map(|(_, n)| n.clone()).collect()
     }
 
     pub fn get(&self, bucket: &str, name: &str) -> Option<Object> {
-        self.state
-            .objects
-            .lock()
-            .unwrap()
-            .get(&(bucket.to_string(), name.to_string()))
-            .cloned()
+        self.state.objects.lock().unwrap().get(&(bucket.to_string(), name.to_string())).cloned()
     }
 
     pub fn put_raw(&self, bucket: &str, name: &str, data: &[u8]) {
         let generation = self.state.next_generation.fetch_add(1, Ordering::SeqCst);
-        self.state.objects.lock().unwrap().insert(
-            (bucket.into(), name.into()),
-            Object {
-                data: data.to_vec(),
-                generation,
-            },
-        );
+        self.state
+            .objects
+            .lock()
+            .unwrap()
+            .insert((bucket.into(), name.into()), Object { data: data.to_vec(), generation });
     }
 
     pub fn requests(&self) -> Vec<String> {
@@ -121,10 +104,7 @@ impl Drop for GcsServer {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 struct Request {
@@ -156,10 +136,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
         }
     }
     let mut body = Vec::new();
-    if headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size = String::new();
             r.read_line(&mut size).ok()?;
@@ -184,13 +161,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
             (percent_decode(k), percent_decode(v))
         })
         .collect();
-    Some(Request {
-        method,
-        path: path.to_string(),
-        query,
-        headers,
-        body,
-    })
+    Some(Request { method, path: path.to_string(), query, headers, body })
 }
 
 struct Response {
@@ -267,17 +238,10 @@ fn handle(req: &Request, st: &State) -> Response {
                 }
             }
             let generation = st.next_generation.fetch_add(1, Ordering::SeqCst);
-            let o = Object {
-                data: req.body.clone(),
-                generation,
-            };
+            let o = Object { data: req.body.clone(), generation };
             let headers = object_headers(&o);
             objects.insert(key, o);
-            Response {
-                status: 200,
-                headers,
-                body: vec![],
-            }
+            Response { status: 200, headers, body: vec![] }
         }
         ("GET" | "HEAD", false) => match objects.get(&(bucket, name)) {
             Some(o) => Response {
@@ -289,11 +253,7 @@ fn handle(req: &Request, st: &State) -> Response {
             None => respond(404, "<Error><Code>NoSuchKey</Code></Error>"),
         },
         ("DELETE", false) => match objects.remove(&(bucket, name)) {
-            Some(_) => Response {
-                status: 204,
-                headers: vec![],
-                body: vec![],
-            },
+            Some(_) => Response { status: 204, headers: vec![], body: vec![] },
             None => respond(404, "<Error><Code>NoSuchKey</Code></Error>"),
         },
         _ => respond(501, "<Error><Code>NotImplemented</Code></Error>"),
@@ -305,10 +265,7 @@ fn serve(conn: TcpStream, st: Arc<State>) {
     let mut reader = BufReader::new(conn);
     while let Some(req) = read_request(&mut reader) {
         let q: Vec<String> = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        st.log
-            .lock()
-            .unwrap()
-            .push(format!("{} {}?{}", req.method, req.path, q.join("&")));
+        st.log.lock().unwrap().push(format!("{} {}?{}", req.method, req.path, q.join("&")));
         if st.slow_next.load(Ordering::SeqCst) > 0 {
             st.slow_next.fetch_sub(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(st.delay_ms.load(Ordering::SeqCst)));

@@ -39,12 +39,7 @@ impl Fp32LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let y = candle_nn::ops::layer_norm(
-            &x.to_dtype(DType::F32)?.contiguous()?,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?;
+        let y = candle_nn::ops::layer_norm(&x.to_dtype(DType::F32)?.contiguous()?, &self.weight, &self.bias, self.eps)?;
         y.to_dtype(dtype)
     }
 }
@@ -57,10 +52,7 @@ struct HeadRmsNorm {
 
 impl HeadRmsNorm {
     fn new(vb: VarBuilder, head_dim: usize) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(head_dim, "weight")?.to_dtype(DType::F32)?,
-            eps: 1e-6,
-        })
+        Ok(Self { weight: vb.get(head_dim, "weight")?.to_dtype(DType::F32)?, eps: 1e-6 })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -79,9 +71,7 @@ pub fn deinterleave_heads(ws: &[Tensor], heads: usize, head_dim: usize) -> Resul
     let parts = ws.len();
     let in_dim = ws[0].dim(1)?;
     let cat = Tensor::cat(ws, 0)?.reshape((heads, parts, head_dim, in_dim))?;
-    (0..parts)
-        .map(|j| cat.narrow(1, j, 1)?.reshape((heads * head_dim, in_dim))?.contiguous())
-        .collect()
+    (0..parts).map(|j| cat.narrow(1, j, 1)?.reshape((heads * head_dim, in_dim))?.contiguous()).collect()
 }
 
 /// How a block's attention treats the batch rows.
@@ -128,10 +118,7 @@ impl Attention {
             }
         };
         let (norm_q, norm_k) = if qk_norm {
-            (
-                Some(HeadRmsNorm::new(vb.pp("norm_q"), hd)?),
-                Some(HeadRmsNorm::new(vb.pp("norm_k"), hd)?),
-            )
+            (Some(HeadRmsNorm::new(vb.pp("norm_q"), hd)?), Some(HeadRmsNorm::new(vb.pp("norm_k"), hd)?))
         } else {
             (None, None)
         };
@@ -150,9 +137,7 @@ impl Attention {
     /// (B, L, D) → (B, heads, L, hd)
     fn heads_of(&self, x: &Tensor) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
-        x.reshape((b, l, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+        x.reshape((b, l, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
     /// Keys and values of a cross-attention over `ctx` (B, M, C), each (B', heads, M, hd),
@@ -166,9 +151,7 @@ impl Attention {
             AttnScope::Global { num_parts } => {
                 let (bc, m, cd) = ctx.dims3()?;
                 check_scope(bc, scope)?;
-                ctx.reshape((bc / num_parts, num_parts, m, cd))?
-                    .narrow(1, 0, 1)?
-                    .squeeze(1)?
+                ctx.reshape((bc / num_parts, num_parts, m, cd))?.narrow(1, 0, 1)?.squeeze(1)?
             }
         };
         let mut k = self.heads_of(&self.to_k.forward(&src)?)?;
@@ -210,9 +193,7 @@ impl Attention {
                 // (g·n, h, l, hd) → (g, h, n·l, hd), part-major along the sequence.
                 let group = |t: &Tensor| -> Result<Tensor> {
                     let lt = t.dim(2)?;
-                    t.reshape((g, n, h, lt, hd))?
-                        .transpose(1, 2)?
-                        .reshape((g, h, n * lt, hd))
+                    t.reshape((g, n, h, lt, hd))?.transpose(1, 2)?.reshape((g, h, n * lt, hd))
                 };
                 let qg = group(&q)?.contiguous()?;
                 let o = if is_self {
@@ -308,9 +289,7 @@ impl DiTBlock {
         }
         x = (&x + self.attn1.forward_self(&self.norm1.forward(&x)?, scope)?)?;
         x = (&x + self.attn2.forward_cross(&self.norm2.forward(&x)?, cond_kv, scope)?)?;
-        let h = self
-            .ff_out
-            .forward(&self.ff_in.forward(&self.norm3.forward(&x)?)?.gelu_erf()?)?;
+        let h = self.ff_out.forward(&self.ff_in.forward(&self.norm3.forward(&x)?)?.gelu_erf()?)?;
         x + h
     }
 }

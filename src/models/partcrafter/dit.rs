@@ -104,11 +104,7 @@ impl DitConfig {
         let global = self.global_blocks();
         (0..self.num_layers)
             .map(|i| {
-                let r = if global.contains(&i) && !reference {
-                    rows / num_parts.max(1)
-                } else {
-                    rows
-                };
+                let r = if global.contains(&i) && !reference { rows / num_parts.max(1) } else { rows };
                 per_row * r as f64
             })
             .sum()
@@ -158,10 +154,7 @@ impl PartCrafterDit {
         }
         let global_ids = cfg.global_blocks();
         if let Some(&bad) = global_ids.iter().find(|&&i| i >= cfg.num_layers) {
-            candle_core::bail!(
-                "global_attn_block_ids names block {bad} but the DiT has {}",
-                cfg.num_layers
-            );
+            candle_core::bail!("global_attn_block_ids names block {bad} but the DiT has {}", cfg.num_layers);
         }
         let blocks = (0..cfg.num_layers)
             .map(|i| {
@@ -220,10 +213,7 @@ impl PartCrafterDit {
     pub fn prepare_cond(&self, cond: &Tensor, num_parts: usize) -> Result<CondCache> {
         let (b, m, cd) = cond.dims3()?;
         if cd != self.cfg.cross_attention_dim {
-            candle_core::bail!(
-                "conditioning width {cd} but the DiT expects {}",
-                self.cfg.cross_attention_dim
-            );
+            candle_core::bail!("conditioning width {cd} but the DiT expects {}", self.cfg.cross_attention_dim);
         }
         if num_parts == 0 || b % num_parts != 0 {
             candle_core::bail!("batch of {b} rows is not a whole number of {num_parts}-part groups");
@@ -247,12 +237,7 @@ impl PartCrafterDit {
                 block.cross_kv(if off { &zeros } else { &cond }, self.scope(i, num_parts))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(CondCache {
-            kv,
-            rows: b,
-            cond_len: m,
-            num_parts,
-        })
+        Ok(CondCache { kv, rows: b, cond_len: m, num_parts })
     }
 
     /// `x`: (B, T, in_channels) latents; `t`: (B,) timesteps (1000·σ); `cond`: (B, M,
@@ -290,11 +275,7 @@ impl PartCrafterDit {
             candle_core::bail!("latents have {cin} channels, the DiT expects {}", self.cfg.in_channels);
         }
         if t.dims1()? != b || cond.rows != b {
-            candle_core::bail!(
-                "batch mismatch: latents {b}, timesteps {}, conditioning {}",
-                t.dim(0)?,
-                cond.rows
-            );
+            candle_core::bail!("batch mismatch: latents {b}, timesteps {}, conditioning {}", t.dim(0)?, cond.rows);
         }
         // The reference tells self from cross attention by sequence lengths.
         if cond.cond_len == tokens + 1 {
@@ -330,11 +311,7 @@ impl PartCrafterDit {
         let mut skips: Vec<Tensor> = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             let skip = if block.has_skip() {
-                Some(
-                    skips
-                        .pop()
-                        .ok_or_else(|| candle_core::Error::Msg("long-skip stack underflow".into()))?,
-                )
+                Some(skips.pop().ok_or_else(|| candle_core::Error::Msg("long-skip stack underflow".into()))?)
             } else {
                 None
             };
@@ -370,10 +347,8 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
     let ts: Vec<f32> = t.to_dtype(DType::F32)?.to_vec1()?;
     let neg_ln = -(10000f64.ln() as f32);
-    let freqs: Vec<f32> = (0..half)
-        .map(|k| ((neg_ln * k as f32) / half as f32) as f64)
-        .map(|e| e.exp() as f32)
-        .collect();
+    let freqs: Vec<f32> =
+        (0..half).map(|k| ((neg_ln * k as f32) / half as f32) as f64).map(|e| e.exp() as f32).collect();
     let mut out = Vec::with_capacity(ts.len() * dim);
     for &tv in &ts {
         out.extend(freqs.iter().map(|&f| ((tv * f) as f64).sin() as f32));
@@ -386,11 +361,7 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
 /// (synthetic checkpoints for benches and shape tests).
 pub fn tensor_specs(cfg: &DitConfig) -> Vec<crate::synth::TensorSpec> {
     use crate::synth::TensorSpec;
-    let (d, c, hd) = (
-        cfg.width,
-        cfg.cross_attention_dim,
-        cfg.width / cfg.num_attention_heads.max(1),
-    );
+    let (d, c, hd) = (cfg.width, cfg.cross_attention_dim, cfg.width / cfg.num_attention_heads.max(1));
     let mut s = vec![
         TensorSpec::f32("time_proj.linear_1.weight", &[4 * d, d]),
         TensorSpec::f32("time_proj.linear_1.bias", &[4 * d]),

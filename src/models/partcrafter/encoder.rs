@@ -115,21 +115,13 @@ pub struct PreprocessConfig {
 }
 
 fn d_size() -> SizeSpec {
-    SizeSpec {
-        shortest_edge: Some(256),
-        height: None,
-        width: None,
-    }
+    SizeSpec { shortest_edge: Some(256), height: None, width: None }
 }
 fn d_resample() -> u32 {
     3
 }
 fn d_crop() -> SizeSpec {
-    SizeSpec {
-        shortest_edge: None,
-        height: Some(224),
-        width: Some(224),
-    }
+    SizeSpec { shortest_edge: None, height: Some(224), width: Some(224) }
 }
 fn d_rescale() -> f64 {
     1.0 / 255.0
@@ -199,11 +191,7 @@ pub fn preprocess(image: &RgbImage, cfg: &PreprocessConfig, device: &Device) -> 
     for (x, y, p) in img.enumerate_pixels() {
         for c in 0..3 {
             // transformers rescales in f64, stores f32, then normalises in f32.
-            let mut v = if cfg.do_rescale {
-                (p[c] as f64 * cfg.rescale_factor) as f32
-            } else {
-                p[c] as f32
-            };
+            let mut v = if cfg.do_rescale { (p[c] as f64 * cfg.rescale_factor) as f32 } else { p[c] as f32 };
             if cfg.do_normalize {
                 v = (v - cfg.image_mean[c]) / cfg.image_std[c];
             }
@@ -211,10 +199,7 @@ pub fn preprocess(image: &RgbImage, cfg: &PreprocessConfig, device: &Device) -> 
         }
     }
     let pixel_values = Tensor::from_vec(data, (1, 3, ch, cw), device)?;
-    Ok(Preprocessed {
-        crop: img,
-        pixel_values,
-    })
+    Ok(Preprocessed { crop: img, pixel_values })
 }
 
 /// transformers' `center_crop`: top = ⌊(H − h)/2⌋, left = ⌊(W − w)/2⌋; pads with zeros when
@@ -288,9 +273,7 @@ fn pil_coeffs(in_size: usize, out_size: usize, filter: PilFilter) -> Vec<(usize,
             // C casts truncate toward zero.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let ws: Vec<f64> = (xmin..xmax)
-                .map(|x| filter.eval((x as f64 - center + 0.5) * ss))
-                .collect();
+            let ws: Vec<f64> = (xmin..xmax).map(|x| filter.eval((x as f64 - center + 0.5) * ss)).collect();
             let total: f64 = ws.iter().sum();
             let one = (1u64 << PIL_PRECISION_BITS) as f64;
             let ks = ws
@@ -500,10 +483,7 @@ impl Dinov2Model {
             candle_core::bail!("DINOv2 with a SwiGLU MLP is not supported (PartCrafter uses the plain MLP)");
         }
         if cfg.hidden_act != "gelu" {
-            candle_core::bail!(
-                "DINOv2 hidden_act {} is not supported (exact gelu only)",
-                cfg.hidden_act
-            );
+            candle_core::bail!("DINOv2 hidden_act {} is not supported (exact gelu only)", cfg.hidden_act);
         }
         // Tolerate a `dinov2.` prefix, as a wrapped save would write.
         let vb = if !vb.contains_tensor("embeddings.cls_token") && vb.contains_tensor("dinov2.embeddings.cls_token") {
@@ -570,19 +550,11 @@ impl Dinov2Model {
         let p = self.cfg.patch_size;
         let (gh, gw) = (h / p, w / p);
         let d = self.cfg.hidden_size;
-        let x = pixel_values
-            .to_dtype(self.patch_w.dtype())?
-            .narrow(2, 0, gh * p)?
-            .narrow(3, 0, gw * p)?;
+        let x = pixel_values.to_dtype(self.patch_w.dtype())?.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
         // A stride-p p×p convolution is a matmul over (c, ky, kx) patches.
-        let patches = x
-            .reshape((b, c, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b * gh * gw, c * p * p))?;
-        let tokens = patches
-            .matmul(&self.patch_w)?
-            .broadcast_add(&self.patch_b)?
-            .reshape((b, gh * gw, d))?;
+        let patches =
+            x.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * gh * gw, c * p * p))?;
+        let tokens = patches.matmul(&self.patch_w)?.broadcast_add(&self.patch_b)?.reshape((b, gh * gw, d))?;
         let cls = self.cls_token.broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &tokens], 1)?;
         x.broadcast_add(&self.pos_embed(gh, gw)?)
@@ -621,10 +593,7 @@ pub fn tensor_specs(cfg: &Dinov2Config) -> Vec<crate::synth::TensorSpec> {
         TensorSpec::f32("embeddings.cls_token", &[1, 1, d]),
         TensorSpec::f32("embeddings.mask_token", &[1, d]),
         TensorSpec::f32("embeddings.position_embeddings", &[1, 1 + g * g, d]),
-        TensorSpec::f32(
-            "embeddings.patch_embeddings.projection.weight",
-            &[d, cfg.num_channels, p, p],
-        ),
+        TensorSpec::f32("embeddings.patch_embeddings.projection.weight", &[d, cfg.num_channels, p, p]),
         TensorSpec::f32("embeddings.patch_embeddings.projection.bias", &[d]),
     ];
     for i in 0..cfg.num_hidden_layers {

@@ -188,11 +188,7 @@ pub fn extract_part(decoder: &SdfDecoder, latents: &Tensor, opts: &ExtractOption
 pub fn extract_prepared(decoder: &SdfDecoder, part: &PreparedPart, opts: &ExtractOptions) -> Result<PartGeometry> {
     let mut first = true;
     let mut field = |pts: &[[f32; 3]]| {
-        let mode = if first {
-            opts.first_call_attention
-        } else {
-            CrossAttention::Full
-        };
+        let mode = if first { opts.first_call_attention } else { CrossAttention::Full };
         first = false;
         decoder.decode_points(part, pts, mode)
     };
@@ -258,15 +254,7 @@ pub fn torch_linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
     }
     let step = (end - start) / (steps - 1) as f32;
     let half = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < half {
-                start + step * i as f32
-            } else {
-                end - step * (steps - 1 - i) as f32
-            }
-        })
-        .collect()
+    (0..steps).map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - 1 - i) as f32 }).collect()
 }
 
 /// Evaluates `field` at the points yielded by `points`, in batches of [`FIELD_BATCH`], calling
@@ -370,11 +358,8 @@ pub fn reference_extract(
             }
         }
         let radius = if n < 512 { 2 } else { 1 };
-        let marked: Vec<usize> = dilate(&band, n, radius)
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &m)| m.then_some(i))
-            .collect();
+        let marked: Vec<usize> =
+            dilate(&band, n, radius).iter().enumerate().filter_map(|(i, &m)| m.then_some(i)).collect();
         let expanded = marked.len() * 8;
         if opts.max_num_expanded_coords > 0 && expanded > opts.max_num_expanded_coords {
             bail!(
@@ -423,10 +408,7 @@ pub fn reference_extract(
     if let Some(t) = trace {
         t.final_grid = grid;
     }
-    Ok(PartGeometry {
-        mesh,
-        decoded_points: decoded,
-    })
+    Ok(PartGeometry { mesh, decoded_points: decoded })
 }
 
 /// Narrow-band coarse-to-fine extraction (module docs).
@@ -467,9 +449,8 @@ fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -
     // Coarse level: every node of the 2^c grid.
     let mut s = 1u32 << (d - c);
     let m = 1u32 << c;
-    let coarse: Vec<[u32; 3]> = (0..=m)
-        .flat_map(|i| (0..=m).flat_map(move |j| (0..=m).map(move |k| [i * s, j * s, k * s])))
-        .collect();
+    let coarse: Vec<[u32; 3]> =
+        (0..=m).flat_map(|i| (0..=m).flat_map(move |j| (0..=m).map(move |k| [i * s, j * s, k * s]))).collect();
     decode(coarse, &mut values)?;
     // Largest slope along coarse edges: a Lipschitz estimate of the field (≈ 1 for an SDF).
     let mut slope = 0f32;
@@ -487,16 +468,11 @@ fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -
             }
         }
     }
-    let mut active: Vec<[u32; 3]> = (0..m)
-        .flat_map(|i| (0..m).flat_map(move |j| (0..m).map(move |k| [i * s, j * s, k * s])))
-        .collect();
+    let mut active: Vec<[u32; 3]> =
+        (0..m).flat_map(|i| (0..m).flat_map(move |j| (0..m).map(move |k| [i * s, j * s, k * s]))).collect();
     let corners = |cell: [u32; 3], s: u32| -> [[u32; 3]; 8] {
         std::array::from_fn(|q| {
-            [
-                cell[0] + s * (q as u32 & 1),
-                cell[1] + s * ((q as u32 >> 1) & 1),
-                cell[2] + s * ((q as u32 >> 2) & 1),
-            ]
+            [cell[0] + s * (q as u32 & 1), cell[1] + s * ((q as u32 >> 1) & 1), cell[2] + s * ((q as u32 >> 2) & 1)]
         })
     };
     loop {
@@ -527,10 +503,7 @@ fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -
             let n = nodes as usize;
             let mesh = marching_cubes_cells(&surface, [n, n, n], 0.0, &value);
             let mesh = mesh.map_vertices(|v| v.map(|x| (-b + x as f64 * h) as f32));
-            return Ok(PartGeometry {
-                mesh,
-                decoded_points: decoded,
-            });
+            return Ok(PartGeometry { mesh, decoded_points: decoded });
         }
         let reach = opts.fast_band * slope * (s as f64 * h * 3f64.sqrt()) as f32;
         let kept: Vec<[u32; 3]> = active
@@ -570,13 +543,7 @@ fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -
             let pa = per_axis as usize;
             parents = (0..seen.len())
                 .filter(|&i| seen[i])
-                .map(|i| {
-                    [
-                        (i / (pa * pa)) as u32 * s,
-                        ((i / pa) % pa) as u32 * s,
-                        (i % pa) as u32 * s,
-                    ]
-                })
+                .map(|i| [(i / (pa * pa)) as u32 * s, ((i / pa) % pa) as u32 * s, (i % pa) as u32 * s])
                 .collect();
         } else {
             parents.sort_unstable();
@@ -586,13 +553,8 @@ fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -
         active = parents
             .iter()
             .flat_map(|p| {
-                (0..8u32).map(move |o| {
-                    [
-                        p[0] + half * (o & 1),
-                        p[1] + half * ((o >> 1) & 1),
-                        p[2] + half * ((o >> 2) & 1),
-                    ]
-                })
+                (0..8u32)
+                    .map(move |o| [p[0] + half * (o & 1), p[1] + half * ((o >> 1) & 1), p[2] + half * ((o >> 2) & 1)])
             })
             .collect();
         s = half;
@@ -641,11 +603,8 @@ pub fn bench(opts: &crate::bench::BenchOptions) -> Result<Vec<crate::bench::Benc
     let decoder = decoder?;
     let tokens = 1024; // the inference script's num_tokens
     let mut rng = crate::rng::Rng::derive(0, "bench-latents");
-    let latents = Tensor::from_vec(
-        rng.normal_vec(tokens * cfg.latent_channels),
-        (tokens, cfg.latent_channels),
-        &Device::Cpu,
-    )?;
+    let latents =
+        Tensor::from_vec(rng.normal_vec(tokens * cfg.latent_channels), (tokens, cfg.latent_channels), &Device::Cpu)?;
     let iters = opts.iters.max(1);
     let mut part = None;
     let t = measure(iters, || {
@@ -663,9 +622,8 @@ pub fn bench(opts: &crate::bench::BenchOptions) -> Result<Vec<crate::bench::Benc
     ));
     let part = part.expect("measured at least once");
     let n_points = if opts.quick { 1024 } else { 8192 };
-    let pts: Vec<[f32; 3]> = (0..n_points)
-        .map(|_| std::array::from_fn(|_| (rng.uniform() * 2.0 - 1.0) as f32))
-        .collect();
+    let pts: Vec<[f32; 3]> =
+        (0..n_points).map(|_| std::array::from_fn(|_| (rng.uniform() * 2.0 - 1.0) as f32)).collect();
     let t = measure(iters, || {
         decoder.decode_points(&part, &pts, CrossAttention::Full)?;
         Ok(())
@@ -688,9 +646,7 @@ pub fn bench(opts: &crate::bench::BenchOptions) -> Result<Vec<crate::bench::Benc
     // in the range a trained SDF takes), so the counts and the non-decoding time are measured
     // without hours of decoding. Projected decode time uses the throughput above.
     let sdf = |p: &[[f32; 3]]| -> Result<Vec<f32>> {
-        Ok(p.iter()
-            .map(|x| 0.6 - (x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).sqrt())
-            .collect())
+        Ok(p.iter().map(|x| 0.6 - (x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).sqrt()).collect())
     };
     let (d0, d1) = if opts.quick { (6, 7) } else { (8, 9) };
     let reference = ExtractOptions {
@@ -699,10 +655,7 @@ pub fn bench(opts: &crate::bench::BenchOptions) -> Result<Vec<crate::bench::Benc
         hierarchical_octree_depth: d1,
         ..Default::default()
     };
-    let fast = ExtractOptions {
-        fast_depth: if opts.quick { 7 } else { 8 },
-        ..Default::default()
-    };
+    let fast = ExtractOptions { fast_depth: if opts.quick { 7 } else { 8 }, ..Default::default() };
     let mut results = vec![];
     for (name, o) in [("extract reference", &reference), ("extract fast", &fast)] {
         // One run each: the reference at depth 9 holds two 512³ grids and takes long enough.
@@ -780,11 +733,7 @@ mod tests {
     /// The sparse node store (lattices above 257³) and the dense one give the same result.
     #[test]
     fn fast_sparse_store_matches_dense() {
-        let opts = ExtractOptions {
-            fast_coarse_depth: 3,
-            fast_depth: 6,
-            ..Default::default()
-        };
+        let opts = ExtractOptions { fast_coarse_depth: 3, fast_depth: 6, ..Default::default() };
         let torus = |p: &[f32; 3]| {
             let r = (p[0] * p[0] + p[1] * p[1]).sqrt() - 0.5;
             0.2 - (r * r + p[2] * p[2]).sqrt()

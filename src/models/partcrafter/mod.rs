@@ -103,13 +103,7 @@ impl PartCrafterLatents {
                 dit_cfg.cross_attention_dim
             );
         }
-        Ok(Self {
-            preprocess,
-            encoder,
-            dit,
-            scheduler: RectifiedFlowScheduler::new(sched_cfg),
-            device: device.clone(),
-        })
+        Ok(Self { preprocess, encoder, dit, scheduler: RectifiedFlowScheduler::new(sched_cfg), device: device.clone() })
     }
 
     /// Resolves the PartCrafter repository (`--weights DIR`, the hub cache, `HF_HUB_OFFLINE`)
@@ -139,13 +133,8 @@ impl PartCrafterLatents {
         timings: &mut Timings,
     ) -> Result<Tensor> {
         check_options(num_parts, opts)?;
-        let noise = sampler::initial_noise(
-            opts.seed,
-            num_parts,
-            opts.tokens,
-            self.dit.config().in_channels,
-            &self.device,
-        )?;
+        let noise =
+            sampler::initial_noise(opts.seed, num_parts, opts.tokens, self.dit.config().in_channels, &self.device)?;
         self.generate_from_noise(image, &noise, opts, timings, None)
     }
 
@@ -161,16 +150,7 @@ impl PartCrafterLatents {
     ) -> Result<Tensor> {
         let embeds = timings.time("partcrafter_encode", || self.encode_image(image))?;
         timings.time("partcrafter_sample", || {
-            sampler::sample(
-                &self.dit,
-                &self.scheduler,
-                &embeds,
-                noise,
-                opts.steps,
-                opts.guidance,
-                opts.part_ids,
-                trace,
-            )
+            sampler::sample(&self.dit, &self.scheduler, &embeds, noise, opts.steps, opts.guidance, opts.part_ids, trace)
         })
     }
 }
@@ -192,10 +172,7 @@ pub struct PartCrafter<Dec: PartDecoder> {
 
 impl<Dec: PartDecoder> ImageToParts for PartCrafter<Dec> {
     fn parts(&self, image: &RgbImage, num_parts: usize, seed: u64, timings: &mut Timings) -> Result<Vec<PartOutcome>> {
-        let opts = SamplerOptions {
-            seed,
-            ..self.options.clone()
-        };
+        let opts = SamplerOptions { seed, ..self.options.clone() };
         let latents = self.latents.generate(image, num_parts, &opts, timings)?;
         (0..num_parts)
             .map(|p| {

@@ -33,13 +33,7 @@ pub struct SamplerOptions {
 
 impl Default for SamplerOptions {
     fn default() -> Self {
-        Self {
-            steps: 50,
-            guidance: 7.0,
-            tokens: 1024,
-            seed: 0,
-            part_ids: PartIds::Batch,
-        }
+        Self { steps: 50, guidance: 7.0, tokens: 1024, seed: 0, part_ids: PartIds::Batch }
     }
 }
 
@@ -86,12 +80,7 @@ pub fn sample(
     };
     let dtype = dit.dtype();
     let cfg = guidance > 1.0;
-    let cond = if cfg {
-        Tensor::cat(&[&embeds.zeros_like()?, &embeds], 0)?
-    } else {
-        embeds
-    }
-    .to_dtype(dtype)?;
+    let cond = if cfg { Tensor::cat(&[&embeds.zeros_like()?, &embeds], 0)? } else { embeds }.to_dtype(dtype)?;
     let rows = if cfg { 2 * n } else { n };
 
     let cond = dit.prepare_cond(&cond, n)?;

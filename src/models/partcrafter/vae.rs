@@ -240,10 +240,8 @@ impl CrossBlock {
     fn new(cfg: &VaeConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let w = cfg.width_decoder;
         let a = vb.pp("attn2");
-        let kv = ["to_k", "to_v"]
-            .iter()
-            .map(|n| a.pp(*n).get((w, w), "weight"))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let kv =
+            ["to_k", "to_v"].iter().map(|n| a.pp(*n).get((w, w), "weight")).collect::<candle_core::Result<Vec<_>>>()?;
         let mut split = deinterleave_heads(&kv, cfg.num_attention_heads, w / cfg.num_attention_heads)?.into_iter();
         Ok(Self {
             norm2: layer_norm(w, vb.pp("norm2"))?,
@@ -370,11 +368,7 @@ impl SdfDecoder {
         let kv = c.norm_cross.forward(&x)?;
         let keys = heads_first(&c.k.forward(&kv)?, c.heads)?;
         let values = heads_first(&c.v.forward(&kv)?, c.heads)?;
-        Ok(PreparedPart {
-            kv_cache: x.squeeze(0)?,
-            keys,
-            values,
-        })
+        Ok(PreparedPart { kv_cache: x.squeeze(0)?, keys, values })
     }
 
     /// Field values (P,) at `points` (P, 3) for one part's `latents` (tokens, C).
@@ -484,9 +478,6 @@ impl SdfDecoder {
             ks.push(part.keys.i((0, h))?.index_select(&sel, 0)?);
             vs.push(part.values.i((0, h))?.index_select(&sel, 0)?);
         }
-        Ok((
-            Tensor::stack(&ks, 0)?.unsqueeze(0)?,
-            Tensor::stack(&vs, 0)?.unsqueeze(0)?,
-        ))
+        Ok((Tensor::stack(&ks, 0)?.unsqueeze(0)?, Tensor::stack(&vs, 0)?.unsqueeze(0)?))
     }
 }

@@ -43,10 +43,7 @@ fn default_out_ch() -> usize {
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            in_ch: default_in_ch(),
-            out_ch: default_out_ch(),
-        }
+        Self { in_ch: default_in_ch(), out_ch: default_out_ch() }
     }
 }
 
@@ -111,16 +108,10 @@ struct RebnConv {
 
 impl RebnConv {
     fn new(cin: usize, cout: usize, dilation: usize, vb: VarBuilder) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: dilation,
-            dilation,
-            ..Default::default()
-        };
+        let cfg = Conv2dConfig { padding: dilation, dilation, ..Default::default() };
         let conv = candle_nn::conv2d(cin, cout, 3, cfg, vb.pp("conv_s1"))?;
         let bn = candle_nn::batch_norm(cout, BN_EPS, vb.pp("bn_s1"))?;
-        Ok(Self {
-            conv: conv.absorb_bn(&bn)?,
-        })
+        Ok(Self { conv: conv.absorb_bn(&bn)? })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -191,12 +182,7 @@ impl Rsu {
                 RebnConv::new(2 * mid, c, Self::dec_dilation(kind, i), vb.pp(format!("rebnconv{i}d")))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            kind,
-            conv_in,
-            enc,
-            dec,
-        })
+        Ok(Self { kind, conv_in, enc, dec })
     }
 
     fn forward(&self, x: &Tensor, name: &str, taps: &mut Taps) -> Result<Tensor> {
@@ -223,11 +209,7 @@ impl Rsu {
         let mut d = hx[l - 1].clone();
         for i in (1..l).rev() {
             let skip = &hx[i - 1];
-            let deeper = if pooled && i < l - 1 {
-                upsample_like(&d, skip)?
-            } else {
-                d
-            };
+            let deeper = if pooled && i < l - 1 { upsample_like(&d, skip)? } else { d };
             d = self.dec[i - 1].forward(&Tensor::cat(&[&deeper, skip], 1)?)?;
             taps.record(|| format!("{name}.rebnconv{i}d"), &d);
         }
@@ -280,11 +262,7 @@ const SIDE_CH: [usize; 6] = [64, 64, 128, 256, 512, 512];
 impl BriaRmbg {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let c3 = |cin, cout, stride, vb: VarBuilder| {
-            let cfg = Conv2dConfig {
-                padding: 1,
-                stride,
-                ..Default::default()
-            };
+            let cfg = Conv2dConfig { padding: 1, stride, ..Default::default() };
             candle_nn::conv2d(cin, cout, 3, cfg, vb)
         };
         // conv_in: stride 2, no BatchNorm, no ReLU (the input is halved before stage1).
@@ -299,21 +277,13 @@ impl BriaRmbg {
             .enumerate()
             .map(|(k, &c)| c3(c, cfg.out_ch, 1, vb.pp(format!("side{}", k + 1))))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            conv_in,
-            enc,
-            dec,
-            sides,
-        })
+        Ok(Self { conv_in, enc, dec, sides })
     }
 
     /// Loads a checkpoint folder (`config.json` optional, `model.safetensors`) in f32.
     pub fn load_dir(dir: &Path, device: &Device) -> anyhow::Result<Self> {
-        let cfg: Config = if dir.join("config.json").is_file() {
-            weights::read_config(dir)?
-        } else {
-            Config::default()
-        };
+        let cfg: Config =
+            if dir.join("config.json").is_file() { weights::read_config(dir)? } else { Config::default() };
         let vb = weights::open_model_dir(dir, DType::F32, device)?;
         Self::new(&cfg, vb).with_context(|| format!("building BriaRMBG from {}", dir.display()))
     }
@@ -373,11 +343,7 @@ impl BriaRmbg {
             side_logits.push(l);
             masks.push(m);
         }
-        Ok(RmbgOutput {
-            masks,
-            side_logits,
-            features,
-        })
+        Ok(RmbgOutput { masks, side_logits, features })
     }
 
     /// Only d1, the mask everyone uses (`[B, out_ch, H, W]`); side2…side6 are training-time
@@ -391,10 +357,8 @@ impl BriaRmbg {
     /// without the unused `num_batches_tracked` counters. Used to write synthetic checkpoints
     /// (benchmarks) where no golden manifest is at hand.
     pub fn tensor_specs(cfg: &Config) -> Vec<TensorSpec> {
-        let mut specs = vec![
-            TensorSpec::f32("conv_in.weight", &[64, cfg.in_ch, 3, 3]),
-            TensorSpec::f32("conv_in.bias", &[64]),
-        ];
+        let mut specs =
+            vec![TensorSpec::f32("conv_in.weight", &[64, cfg.in_ch, 3, 3]), TensorSpec::f32("conv_in.bias", &[64])];
         let mut rebn = |prefix: String, cin: usize, cout: usize| {
             specs.push(TensorSpec::f32(format!("{prefix}.conv_s1.weight"), &[cout, cin, 3, 3]));
             specs.push(TensorSpec::f32(format!("{prefix}.conv_s1.bias"), &[cout]));
@@ -435,10 +399,7 @@ impl RmbgStage {
 
     /// Loads from a checkpoint folder directly (tests, benchmarks).
     pub fn from_dir(dir: &Path, device: &Device) -> anyhow::Result<Self> {
-        Ok(Self {
-            net: BriaRmbg::load_dir(dir, device)?,
-            device: device.clone(),
-        })
+        Ok(Self { net: BriaRmbg::load_dir(dir, device)?, device: device.clone() })
     }
 
     pub fn net(&self) -> &BriaRmbg {
@@ -447,9 +408,8 @@ impl RmbgStage {
 
     /// The network's mask d1 for `image` (resized to 1024², normalised), row-major 1024×1024.
     pub fn mask(&self, image: &RgbImage, timings: &mut Timings) -> anyhow::Result<Vec<f32>> {
-        let input = timings.time("rmbg_preprocess", || {
-            prepare::model_input(image, prepare::MODEL_SIZE, &self.device)
-        })?;
+        let input =
+            timings.time("rmbg_preprocess", || prepare::model_input(image, prepare::MODEL_SIZE, &self.device))?;
         timings.time("rmbg", || -> anyhow::Result<Vec<f32>> {
             let m = self.net.forward_mask(&input)?;
             Ok(m.flatten_all()?.to_vec1::<f32>()?)
@@ -470,15 +430,9 @@ impl BackgroundRemoval for RmbgStage {
     /// `mask` is the cleaned binary mask (0/255) at the input's size.
     fn prepare(&self, image: &RgbImage, timings: &mut Timings) -> anyhow::Result<PreparedImage> {
         let p = self.prepare_full(image, timings)?;
-        let mask = GrayImage::from_raw(
-            p.width as u32,
-            p.height as u32,
-            p.alpha_clean.iter().map(|&v| v * 255).collect(),
-        )
-        .context("mask buffer size")?;
-        Ok(PreparedImage {
-            image: p.image()?,
-            mask,
-        })
+        let mask =
+            GrayImage::from_raw(p.width as u32, p.height as u32, p.alpha_clean.iter().map(|&v| v * 255).collect())
+                .context("mask buffer size")?;
+        Ok(PreparedImage { image: p.image()?, mask })
     }
 }

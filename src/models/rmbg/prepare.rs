@@ -66,10 +66,7 @@ fn aa_taps(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f32>)> {
 /// Separable: the width pass first, then the height pass, each summing in f32.
 pub fn resize_antialias(src: &[f32], channels: usize, h: usize, w: usize, oh: usize, ow: usize) -> Result<Vec<f32>> {
     if src.len() != channels * h * w || h == 0 || w == 0 || oh == 0 || ow == 0 {
-        bail!(
-            "resize: buffer of {} values is not {channels}×{h}×{w}, or a size is zero",
-            src.len()
-        );
+        bail!("resize: buffer of {} values is not {channels}×{h}×{w}, or a size is zero", src.len());
     }
     let horizontal = if ow != w {
         let taps = aa_taps(w, ow);
@@ -220,10 +217,7 @@ pub fn label_components(mask: &[u8], w: usize, h: usize) -> (Vec<u32>, Vec<usize
 /// components of at least `min_size` pixels.
 pub fn remove_small_objects(mask: &[u8], w: usize, h: usize, min_size: usize) -> Vec<u8> {
     let (labels, sizes) = label_components(mask, w, h);
-    labels
-        .iter()
-        .map(|&l| (l != 0 && sizes[l as usize] >= min_size) as u8)
-        .collect()
+    labels.iter().map(|&l| (l != 0 && sizes[l as usize] >= min_size) as u8).collect()
 }
 
 /// An inclusive-size bounding rectangle `(x, y, w, h)` in pixels.
@@ -294,10 +288,7 @@ pub fn external_contours(mask: &[u8], w: usize, h: usize) -> Vec<Vec<(i64, i64)>
         }
         let p0 = ((p % pw) as i64, (p / pw) as i64);
         // Suzuki–Abe step 3.1: clockwise from the west neighbour for the first foreground pixel.
-        let p1 = (0..8)
-            .map(|k| (4 + 8 - k) % 8)
-            .map(|d| (p0.0 + DIRS[d].0, p0.1 + DIRS[d].1))
-            .find(|&(x, y)| at(x, y));
+        let p1 = (0..8).map(|k| (4 + 8 - k) % 8).map(|d| (p0.0 + DIRS[d].0, p0.1 + DIRS[d].1)).find(|&(x, y)| at(x, y));
         let mut contour = vec![(p0.0 - 1, p0.1 - 1)];
         if let Some(p1) = p1 {
             // Steps 3.3–3.5: counter-clockwise around the current pixel, starting after the
@@ -341,12 +332,7 @@ pub fn bounding_rect(points: &[(i64, i64)]) -> Option<Rect> {
     let xmax = points.iter().map(|p| p.0).max()?;
     let ymin = points.iter().map(|p| p.1).min()?;
     let ymax = points.iter().map(|p| p.1).max()?;
-    Some(Rect {
-        x: xmin as usize,
-        y: ymin as usize,
-        w: (xmax - xmin + 1) as usize,
-        h: (ymax - ymin + 1) as usize,
-    })
+    Some(Rect { x: xmin as usize, y: ymin as usize, w: (xmax - xmin + 1) as usize, h: (ymax - ymin + 1) as usize })
 }
 
 /// Bounding box of the external contour with the largest polygon area (not pixel count: a
@@ -414,9 +400,7 @@ pub fn chw_to_image(chw: &[f32], w: usize, h: usize) -> Result<RgbImage> {
         bail!("image buffer of {} values is not 3×{h}×{w}", chw.len());
     }
     let plane = w * h;
-    let raw = (0..plane)
-        .flat_map(|i| (0..3).map(move |c| (chw[c * plane + i] * 255.0) as u8))
-        .collect();
+    let raw = (0..plane).flat_map(|i| (0..3).map(move |c| (chw[c * plane + i] * 255.0) as u8)).collect();
     RgbImage::from_raw(w as u32, h as u32, raw).ok_or_else(|| anyhow::anyhow!("image buffer size"))
 }
 

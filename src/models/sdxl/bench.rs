@@ -47,10 +47,7 @@ struct SynthBackend {
 
 impl SimpleBackend for SynthBackend {
     fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let vals: Vec<f32> = crate::synth::synth_values(name, s.dims())
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
+        let vals: Vec<f32> = crate::synth::synth_values(name, s.dims()).into_iter().map(|v| v as f32).collect();
         self.params.fetch_add(vals.len(), std::sync::atomic::Ordering::Relaxed);
         Tensor::from_vec(vals, s, dev)?.to_dtype(dtype)
     }
@@ -64,24 +61,11 @@ impl SimpleBackend for SynthBackend {
 }
 
 fn synth_vb() -> VarBuilder<'static> {
-    VarBuilder::from_backend(
-        Box::new(SynthBackend {
-            params: Default::default(),
-        }),
-        DType::F32,
-        Device::Cpu,
-    )
+    VarBuilder::from_backend(Box::new(SynthBackend { params: Default::default() }), DType::F32, Device::Cpu)
 }
 
 fn row(name: &str, iters: usize, (median, min): (f64, f64), note: String) -> BenchRow {
-    BenchRow {
-        suite: "sdxl".into(),
-        name: name.into(),
-        iters,
-        median_ms: median,
-        min_ms: min,
-        note,
-    }
+    BenchRow { suite: "sdxl".into(), name: name.into(), iters, median_ms: median, min_ms: min, note }
 }
 
 /// The parts [`run_parts`] knows.
@@ -90,11 +74,7 @@ pub const PARTS: [&str; 4] = ["text_encoder_1", "text_encoder_2", "unet_step", "
 /// Text encoders, one UNet step and the VAE decode at 512², batch 1, f32 on the CPU.
 /// `quick` skips the UNet (10 GB of f32 weights).
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
-    let parts: Vec<&str> = PARTS
-        .iter()
-        .copied()
-        .filter(|p| !(opts.quick && *p == "unet_step"))
-        .collect();
+    let parts: Vec<&str> = PARTS.iter().copied().filter(|p| !(opts.quick && *p == "unet_step")).collect();
     run_parts(opts, &parts)
 }
 
@@ -142,12 +122,7 @@ pub fn run_parts(opts: &BenchOptions, parts: &[&str]) -> Result<Vec<BenchRow>> {
     let te2 = ClipTextModel::new(synth_vb(), &cfg2, true)?;
     if want("text_encoder_2") {
         let t = time_it(iters, || Ok(te2.forward(&ids2).map(|_| ())?))?;
-        rows.push(row(
-            "text_encoder_2",
-            iters,
-            t,
-            "bigG text + projection, 77 tokens, f32".into(),
-        ));
+        rows.push(row("text_encoder_2", iters, t, "bigG text + projection, 77 tokens, f32".into()));
     }
     let o2 = te2.forward(&ids2)?;
     drop(te2);
@@ -162,18 +137,10 @@ pub fn run_parts(opts: &BenchOptions, parts: &[&str]) -> Result<Vec<BenchRow>> {
         let latents = (Tensor::randn(0f32, 1., (1, 4, 64, 64), &dev)? * sched.init_noise_sigma)?;
         let input = sched.scale_model_input(&latents, 0)?;
         let t = time_it(iters, || {
-            let added = AddedCond {
-                text_embeds: &text_embeds,
-                time_ids: &time_ids,
-            };
+            let added = AddedCond { text_embeds: &text_embeds, time_ids: &time_ids };
             Ok(unet.forward(&input, 999.0, &context, Some(added)).map(|_| ())?)
         })?;
-        rows.push(row(
-            "unet_step",
-            iters,
-            t,
-            "2.57 B params, latent 1×4×64×64, f32".into(),
-        ));
+        rows.push(row("unet_step", iters, t, "2.57 B params, latent 1×4×64×64, f32".into()));
     }
 
     if want("vae_decode") {

@@ -136,9 +136,7 @@ impl EncoderLayer {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let xs = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
-        let mlp = self
-            .fc2
-            .forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?)?;
+        let mlp = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?)?;
         xs + mlp
     }
 }
@@ -182,11 +180,7 @@ impl ClipTextModel {
         };
         Ok(Self {
             token_embedding: embedding(cfg.vocab_size, cfg.hidden_size, emb.pp("token_embedding"))?,
-            position_embedding: embedding(
-                cfg.max_position_embeddings,
-                cfg.hidden_size,
-                emb.pp("position_embedding"),
-            )?,
+            position_embedding: embedding(cfg.max_position_embeddings, cfg.hidden_size, emb.pp("position_embedding"))?,
             layers,
             final_layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, tm.pp("final_layer_norm"))?,
             text_projection,
@@ -209,9 +203,7 @@ impl ClipTextModel {
             }
             best
         } else {
-            ids.iter()
-                .position(|&id| id == self.eos_token_id)
-                .unwrap_or(ids.len() - 1)
+            ids.iter().position(|&id| id == self.eos_token_id).unwrap_or(ids.len() - 1)
         }
     }
 
@@ -219,10 +211,7 @@ impl ClipTextModel {
     pub fn forward(&self, ids: &Tensor) -> Result<ClipOutput> {
         let (_b, l) = ids.dims2()?;
         if self.layers.len() < 2 {
-            candle_core::bail!(
-                "SDXL needs the penultimate layer: the text encoder has {} layers",
-                self.layers.len()
-            );
+            candle_core::bail!("SDXL needs the penultimate layer: the text encoder has {} layers", self.layers.len());
         }
         let positions = Tensor::arange(0u32, l as u32, ids.device())?;
         let mut xs = self
@@ -251,11 +240,7 @@ impl ClipTextModel {
         };
         let penultimate =
             penultimate.ok_or_else(|| candle_core::Error::Msg("text encoder has no penultimate layer".into()))?;
-        Ok(ClipOutput {
-            penultimate,
-            last_hidden_state,
-            text_embeds,
-        })
+        Ok(ClipOutput { penultimate, last_hidden_state, text_embeds })
     }
 }
 
@@ -268,8 +253,5 @@ pub fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
 
 /// SDXL's `prompt_embeds`: both encoders' penultimate states side by side.
 pub fn concat_features(te1: &ClipOutput, te2: &ClipOutput) -> Result<Tensor> {
-    Tensor::cat(
-        &[&te1.penultimate, &te2.penultimate.to_dtype(te1.penultimate.dtype())?],
-        D::Minus1,
-    )
+    Tensor::cat(&[&te1.penultimate, &te2.penultimate.to_dtype(te1.penultimate.dtype())?], D::Minus1)
 }

@@ -59,12 +59,7 @@ pub struct SdxlOptions {
 
 impl Default for SdxlOptions {
     fn default() -> Self {
-        Self {
-            steps: 1,
-            size: None,
-            keep_images: false,
-            fp16_fix_vae: false,
-        }
+        Self { steps: 1, size: None, keep_images: false, fp16_fix_vae: false }
     }
 }
 
@@ -76,9 +71,7 @@ pub fn image_path_for(asset: &Path) -> PathBuf {
 /// `--keep-images`: writes the stage's image as PNG beside `asset` (see [`image_path_for`]).
 pub fn save_reference_image(image: &RgbImage, asset: &Path) -> Result<PathBuf> {
     let path = image_path_for(asset);
-    image
-        .save_with_format(&path, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", path.display()))?;
+    image.save_with_format(&path, image::ImageFormat::Png).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
@@ -172,11 +165,8 @@ impl SdxlTurbo {
     /// f32 unless the fp16-fix VAE is chosen.
     pub fn load(source: &WeightsSource, device: &Device, options: &SdxlOptions) -> Result<Self> {
         let repo = source.resolve(SDXL_TURBO, "unet/config.json")?;
-        let vae_dir = if options.fp16_fix_vae {
-            Some(source.resolve(SDXL_VAE_FP16_FIX, "config.json")?.dir)
-        } else {
-            None
-        };
+        let vae_dir =
+            if options.fp16_fix_vae { Some(source.resolve(SDXL_VAE_FP16_FIX, "config.json")?.dir) } else { None };
         Self::load_dirs(&repo.dir, vae_dir.as_deref(), device, options)
     }
 
@@ -212,16 +202,11 @@ impl SdxlTurbo {
         };
 
         let scale = vae.config.scale_factor();
-        let size = options
-            .size
-            .unwrap_or_else(|| unet.config.sample_size.map_or(DEFAULT_SIZE, |s| s * scale));
+        let size = options.size.unwrap_or_else(|| unet.config.sample_size.map_or(DEFAULT_SIZE, |s| s * scale));
         if size == 0 || size % scale != 0 {
             bail!("image size {size} is not a positive multiple of {scale}");
         }
-        let options = SdxlOptions {
-            size: Some(size),
-            ..options.clone()
-        };
+        let options = SdxlOptions { size: Some(size), ..options.clone() };
         Ok(Self {
             tokenizer_1,
             tokenizer_2,
@@ -295,10 +280,7 @@ impl SdxlTurbo {
                 &input,
                 t,
                 &prompt_embeds,
-                Some(AddedCond {
-                    text_embeds: &text_embeds,
-                    time_ids: &time_ids,
-                }),
+                Some(AddedCond { text_embeds: &text_embeds, time_ids: &time_ids }),
             )?;
             let z = noise(i)?.to_device(&self.device)?;
             latents = sched.step(&eps, i, &latents, &z)?.prev_sample;

@@ -95,10 +95,9 @@ impl EulerAncestral {
         let betas: Vec<f64> = match cfg.beta_schedule.as_str() {
             "linear" => linspace(cfg.beta_start, cfg.beta_end, n_train),
             // SD's "scaled_linear": linear in sqrt(beta).
-            "scaled_linear" => linspace(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n_train)
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
+            "scaled_linear" => {
+                linspace(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n_train).into_iter().map(|b| b * b).collect()
+            }
             other => candle_core::bail!("unsupported beta_schedule {other:?}"),
         };
         let mut acc = 1.0;
@@ -115,17 +114,12 @@ impl EulerAncestral {
             "linspace" => linspace(0.0, last, steps).into_iter().rev().collect(),
             "leading" => {
                 let ratio = (n_train / steps) as f64;
-                (0..steps)
-                    .rev()
-                    .map(|i| (i as f64 * ratio).round() + cfg.steps_offset as f64)
-                    .collect()
+                (0..steps).rev().map(|i| (i as f64 * ratio).round() + cfg.steps_offset as f64).collect()
             }
             // np.round(np.arange(T, 0, -T/n)) - 1: a fractional ratio, so every n works.
             "trailing" => {
                 let ratio = n_train as f64 / n;
-                (0..steps)
-                    .map(|i| round_half_even(n_train as f64 - i as f64 * ratio) - 1.0)
-                    .collect()
+                (0..steps).map(|i| round_half_even(n_train as f64 - i as f64 * ratio) - 1.0).collect()
             }
             other => candle_core::bail!("unsupported timestep_spacing {other:?}"),
         };
@@ -153,12 +147,7 @@ impl EulerAncestral {
             "v_prediction" => Prediction::VPrediction,
             other => candle_core::bail!("unsupported prediction_type {other:?}"),
         };
-        Ok(Self {
-            timesteps,
-            sigmas,
-            init_noise_sigma,
-            prediction,
-        })
+        Ok(Self { timesteps, sigmas, init_noise_sigma, prediction })
     }
 
     /// UNet input at step `i`: sample / √(σᵢ² + 1).
@@ -189,10 +178,7 @@ impl EulerAncestral {
         if sigma_up > 0.0 {
             prev = (prev + (noise.to_dtype(DType::F32)? * sigma_up)?)?;
         }
-        Ok(StepOutput {
-            prev_sample: prev.to_dtype(dtype)?,
-            pred_original_sample: x0.to_dtype(dtype)?,
-        })
+        Ok(StepOutput { prev_sample: prev.to_dtype(dtype)?, pred_original_sample: x0.to_dtype(dtype)? })
     }
 }
 

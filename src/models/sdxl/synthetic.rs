@@ -21,9 +21,8 @@ pub fn read_manifest(golden_dir: &Path) -> Result<Value> {
 /// Writes one module (`unet`, `vae`, `text_encoder`, `text_encoder_2`) under `repo_dir` at
 /// its hub path, with its `config.json`; returns the module's folder.
 pub fn write_module(repo_dir: &Path, manifest: &Value, module: &str) -> Result<PathBuf> {
-    let rel = manifest["module_files"][module]
-        .as_str()
-        .with_context(|| format!("manifest has no module_files.{module}"))?;
+    let rel =
+        manifest["module_files"][module].as_str().with_context(|| format!("manifest has no module_files.{module}"))?;
     let file = repo_dir.join(rel);
     let folder = file.parent().context("module file without folder")?.to_path_buf();
     let specs = manifest["tensors"][module]
@@ -33,10 +32,7 @@ pub fn write_module(repo_dir: &Path, manifest: &Value, module: &str) -> Result<P
         .map(TensorSpec::from_json)
         .collect::<Result<Vec<_>>>()?;
     write_synthetic_safetensors(&specs, None, &file)?;
-    std::fs::write(
-        folder.join("config.json"),
-        serde_json::to_string_pretty(&manifest["config"][module])?,
-    )?;
+    std::fs::write(folder.join("config.json"), serde_json::to_string_pretty(&manifest["config"][module])?)?;
     Ok(folder)
 }
 

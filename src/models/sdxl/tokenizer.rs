@@ -53,21 +53,10 @@ impl ClipTokenizer {
 
     fn new(mut inner: Tokenizer, pad: &str) -> Result<Self> {
         // Truncation and padding are done here, the same way for both file formats.
-        inner
-            .with_truncation(None)
-            .map_err(|e| anyhow::anyhow!("disabling truncation: {e}"))?;
+        inner.with_truncation(None).map_err(|e| anyhow::anyhow!("disabling truncation: {e}"))?;
         inner.with_padding(None);
-        let id = |t: &str| {
-            inner
-                .token_to_id(t)
-                .with_context(|| format!("tokenizer has no token {t:?}"))
-        };
-        Ok(Self {
-            bos_id: id(BOS)?,
-            eos_id: id(EOS)?,
-            pad_id: id(pad)?,
-            inner,
-        })
+        let id = |t: &str| inner.token_to_id(t).with_context(|| format!("tokenizer has no token {t:?}"));
+        Ok(Self { bos_id: id(BOS)?, eos_id: id(EOS)?, pad_id: id(pad)?, inner })
     }
 
     pub fn pad_id(&self) -> u32 {
@@ -76,17 +65,11 @@ impl ClipTokenizer {
 
     /// bos, the prompt's tokens (at most 75), eos, then padding to 77.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(prompt, false)
-            .map_err(|e| anyhow::anyhow!("tokenizing {prompt:?}: {e}"))?;
+        let enc = self.inner.encode(prompt, false).map_err(|e| anyhow::anyhow!("tokenizing {prompt:?}: {e}"))?;
         let mut body = enc.get_ids().to_vec();
         let room = MAX_LENGTH - 2;
         if body.len() > room {
-            eprintln!(
-                "warning: prompt has {} tokens, CLIP reads {room}; the rest is dropped: {prompt:?}",
-                body.len()
-            );
+            eprintln!("warning: prompt has {} tokens, CLIP reads {room}; the rest is dropped: {prompt:?}", body.len());
             body.truncate(room);
         }
         let mut ids = Vec::with_capacity(MAX_LENGTH);
@@ -120,10 +103,7 @@ fn from_vocab_merges(dir: &Path, pad: &str) -> Result<Tokenizer> {
     let vocab_path = dir.join("vocab.json");
     let merges_path = dir.join("merges.txt");
     if !vocab_path.is_file() || !merges_path.is_file() {
-        bail!(
-            "tokenizer folder {} has neither tokenizer.json nor vocab.json + merges.txt",
-            dir.display()
-        );
+        bail!("tokenizer folder {} has neither tokenizer.json nor vocab.json + merges.txt", dir.display());
     }
     let vocab: Value = serde_json::from_str(
         &std::fs::read_to_string(&vocab_path).with_context(|| format!("reading {}", vocab_path.display()))?,
@@ -132,10 +112,8 @@ fn from_vocab_merges(dir: &Path, pad: &str) -> Result<Tokenizer> {
     let merges_text =
         std::fs::read_to_string(&merges_path).with_context(|| format!("reading {}", merges_path.display()))?;
     // The first line is the "#version" header; CLIP uses every merge after it.
-    let merges: Vec<&str> = merges_text
-        .lines()
-        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
-        .collect();
+    let merges: Vec<&str> =
+        merges_text.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).collect();
     let id_of = |t: &str| vocab[t].as_u64();
     let mut added = Vec::new();
     for (tok, normalized) in [(pad, false), (BOS, true), (EOS, true)] {
@@ -167,6 +145,5 @@ fn from_vocab_merges(dir: &Path, pad: &str) -> Result<Tokenizer> {
             "ignore_merges": false, "vocab": vocab, "merges": merges},
     });
     let text = serde_json::to_string(&spec)?;
-    text.parse::<Tokenizer>()
-        .map_err(|e| anyhow::anyhow!("building the tokenizer from {}: {e}", dir.display()))
+    text.parse::<Tokenizer>().map_err(|e| anyhow::anyhow!("building the tokenizer from {}: {e}", dir.display()))
 }

@@ -154,8 +154,7 @@ impl Attention {
         let k = split(self.to_k.forward(context)?, lk)?;
         let v = split(self.to_v.forward(context)?, lk)?;
         let o = attention(&q, &k, &v, 1.0 / (self.head_dim as f64).sqrt(), false)?;
-        self.to_out
-            .forward(&o.transpose(1, 2)?.reshape((b, lq, self.heads * self.head_dim))?)
+        self.to_out.forward(&o.transpose(1, 2)?.reshape((b, lq, self.heads * self.head_dim))?)
     }
 }
 
@@ -286,18 +285,11 @@ impl UNet {
             candle_core::bail!("unet config: only use_linear_projection = true (SDXL) is supported");
         }
         // In diffusers, `attention_head_dim` means the number of heads unless num_attention_heads is set.
-        let heads = cfg
-            .num_attention_heads
-            .as_ref()
-            .unwrap_or(&cfg.attention_head_dim)
-            .get(n)?;
+        let heads = cfg.num_attention_heads.as_ref().unwrap_or(&cfg.attention_head_dim).get(n)?;
         let tlayers = cfg.transformer_layers_per_block.get(n)?;
         let ch = &cfg.block_out_channels;
         let temb = 4 * ch[0];
-        let pad1 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
+        let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
         let res_cfg = |out: usize, scale: f64| ResnetBlock2DConfig {
             out_channels: Some(out),
             temb_channels: Some(temb),
@@ -357,20 +349,12 @@ impl UNet {
                 }
             }
             let sampler = if i + 1 < n {
-                let c = Conv2dConfig {
-                    stride: 2,
-                    padding: cfg.downsample_padding,
-                    ..Default::default()
-                };
+                let c = Conv2dConfig { stride: 2, padding: cfg.downsample_padding, ..Default::default() };
                 Some(conv2d(out_ch, out_ch, 3, c, vbi.pp("downsamplers").pp(0).pp("conv"))?)
             } else {
                 None
             };
-            down.push(Block {
-                resnets,
-                attentions,
-                sampler,
-            });
+            down.push(Block { resnets, attentions, sampler });
         }
 
         let top = ch[n - 1];
@@ -380,13 +364,8 @@ impl UNet {
             .map(|j| ResnetBlock2D::new(vbm.pp("resnets").pp(j), top, res_cfg(top, cfg.mid_block_scale_factor)))
             .collect::<Result<Vec<_>>>()?;
         // The mid block uses the last block's transformer depth and heads.
-        let mid_attentions = vec![SpatialTransformer::new(
-            vbm.pp("attentions").pp(0),
-            top,
-            tlayers[n - 1],
-            heads[n - 1],
-            cfg,
-        )?];
+        let mid_attentions =
+            vec![SpatialTransformer::new(vbm.pp("attentions").pp(0), top, tlayers[n - 1], heads[n - 1], cfg)?];
 
         let rch: Vec<usize> = ch.iter().rev().copied().collect();
         let rheads: Vec<usize> = heads.iter().rev().copied().collect();
@@ -404,11 +383,7 @@ impl UNet {
             for j in 0..layers {
                 let skip = if j + 1 == layers { skip_in } else { out };
                 let rin = if j == 0 { prev_out } else { out };
-                resnets.push(ResnetBlock2D::new(
-                    vbi.pp("resnets").pp(j),
-                    rin + skip,
-                    res_cfg(out, 1.0),
-                )?);
+                resnets.push(ResnetBlock2D::new(vbi.pp("resnets").pp(j), rin + skip, res_cfg(out, 1.0))?);
                 if has_attn {
                     attentions.push(SpatialTransformer::new(
                         vbi.pp("attentions").pp(j),
@@ -419,16 +394,9 @@ impl UNet {
                     )?);
                 }
             }
-            let sampler = if i + 1 < n {
-                Some(conv2d(out, out, 3, pad1, vbi.pp("upsamplers").pp(0).pp("conv"))?)
-            } else {
-                None
-            };
-            up.push(Block {
-                resnets,
-                attentions,
-                sampler,
-            });
+            let sampler =
+                if i + 1 < n { Some(conv2d(out, out, 3, pad1, vbi.pp("upsamplers").pp(0).pp("conv"))?) } else { None };
+            up.push(Block { resnets, attentions, sampler });
             prev_out = out;
         }
 
@@ -475,11 +443,7 @@ impl UNet {
         }
         let context = context.to_dtype(dtype)?;
 
-        let mut xs = if self.config.center_input_sample {
-            ((sample * 2.0)? - 1.0)?
-        } else {
-            sample.clone()
-        };
+        let mut xs = if self.config.center_input_sample { ((sample * 2.0)? - 1.0)? } else { sample.clone() };
         xs = self.conv_in.forward(&xs)?;
         let mut skips = vec![xs.clone()];
         for blk in &self.down {
@@ -504,9 +468,8 @@ impl UNet {
 
         for blk in &self.up {
             for (j, r) in blk.resnets.iter().enumerate() {
-                let skip = skips
-                    .pop()
-                    .ok_or_else(|| candle_core::Error::Msg("unet: skip connections exhausted".into()))?;
+                let skip =
+                    skips.pop().ok_or_else(|| candle_core::Error::Msg("unet: skip connections exhausted".into()))?;
                 xs = r.forward(&Tensor::cat(&[&xs, &skip], 1)?, Some(&emb))?;
                 if let Some(a) = blk.attentions.get(j) {
                     xs = a.forward(&xs, &context)?;

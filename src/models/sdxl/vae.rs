@@ -124,14 +124,9 @@ impl VaeDecoder {
     /// `vb` is the root of `vae/diffusion_pytorch_model.safetensors`.
     pub fn new(vb: VarBuilder, config: &VaeConfig) -> Result<Self> {
         let ch = &config.block_out_channels;
-        let top = *ch
-            .last()
-            .ok_or_else(|| candle_core::Error::Msg("vae config: empty block_out_channels".into()))?;
+        let top = *ch.last().ok_or_else(|| candle_core::Error::Msg("vae config: empty block_out_channels".into()))?;
         let groups = config.norm_num_groups;
-        let pad1 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
+        let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
         let post_quant_conv = if config.use_post_quant_conv {
             Some(conv2d(
                 config.latent_channels,
@@ -236,12 +231,7 @@ mod tests {
             data.extend([v, v, v]);
         }
         // (1, 3, 1, 4): channel-major.
-        let img = Tensor::from_vec(data, (4, 3), &Device::Cpu)
-            .unwrap()
-            .t()
-            .unwrap()
-            .reshape((1, 3, 1, 4))
-            .unwrap();
+        let img = Tensor::from_vec(data, (4, 3), &Device::Cpu).unwrap().t().unwrap().reshape((1, 3, 1, 4)).unwrap();
         let (h, w, bytes) = to_rgb8(&img).unwrap();
         assert_eq!((h, w), (1, 4));
         assert_eq!(bytes, vec![0, 0, 0, 255, 255, 255, 128, 128, 128, 0, 0, 0]);
