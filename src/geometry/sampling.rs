@@ -68,21 +68,25 @@ pub fn canonical_order(areas: &[f64], centroids: &[[f64; 3]]) -> Vec<usize> {
     order
 }
 
-/// Face areas and the area-weighted surface centroid, in one pass over the faces.
+/// Cumulative face areas (the CDF that picks faces by area; its last entry is the surface
+/// area) and the area-weighted surface centroid, in one pass over the faces.
 fn area_and_centroid(mesh: &TriMesh) -> (Vec<f64>, [f64; 3]) {
-    let mut areas = Vec::with_capacity(mesh.faces.len());
+    let mut cdf = Vec::with_capacity(mesh.faces.len());
     let mut c = [0.0f64; 3];
     let mut total = 0.0;
-    for f in 0..mesh.faces.len() {
-        let t = mesh.triangle(f);
-        let a = crate::geometry::mesh::triangle_area(t);
+    for f in &mesh.faces {
+        let [p, q, r] = f.map(|i| mesh.vertices[i as usize]);
+        // Per-face cross product in f32 (relative error ~1e-7 per face), sums in f64.
+        let (u, v) = ([q[0] - p[0], q[1] - p[1], q[2] - p[2]], [r[0] - p[0], r[1] - p[1], r[2] - p[2]]);
+        let n = [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]];
+        let a = 0.5 * (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt() as f64;
         for k in 0..3 {
-            c[k] += a * (t[0][k] + t[1][k] + t[2][k]) as f64;
+            c[k] += a * (p[k] + q[k] + r[k]) as f64;
         }
         total += a;
-        areas.push(a);
+        cdf.push(total);
     }
-    (areas, c.map(|x| x / (3.0 * total).max(f64::MIN_POSITIVE)))
+    (cdf, c.map(|x| x / (3.0 * total).max(f64::MIN_POSITIVE)))
 }
 
 /// Splits `n` points over parts: `min_each` each, the rest by area, largest remainder first.
@@ -108,16 +112,11 @@ fn allocate(n: usize, areas: &[f64], min_share: f64) -> Vec<usize> {
 }
 
 /// Samples `count` points uniformly over `mesh`'s surface.
-fn sample_mesh(mesh: &TriMesh, areas: &[f64], count: usize, rng: &mut Rng, out: &mut Vec<[f32; 3]>) {
-    let mut cdf = Vec::with_capacity(areas.len());
-    let mut acc = 0.0;
-    for &a in areas {
-        acc += a;
-        cdf.push(acc);
-    }
+fn sample_mesh(mesh: &TriMesh, cdf: &[f64], count: usize, rng: &mut Rng, out: &mut Vec<[f32; 3]>) {
+    let total = cdf[cdf.len() - 1];
     for _ in 0..count {
-        let target = rng.uniform() * acc;
-        let f = cdf.partition_point(|&c| c <= target).min(areas.len() - 1);
+        let target = rng.uniform() * total;
+        let f = cdf.partition_point(|&c| c <= target).min(cdf.len() - 1);
         let [a, b, c] = mesh.triangle(f);
         let (r1, r2) = (rng.uniform().sqrt(), rng.uniform());
         let (wa, wb, wc) = (1.0 - r1, r1 * (1.0 - r2), r1 * r2);
@@ -136,8 +135,8 @@ pub fn sample_parts(meshes: &[TriMesh], opts: &SampleOptions) -> Result<SampledC
     if opts.num_points < meshes.len() {
         bail!("{} points cannot cover {} parts", opts.num_points, meshes.len());
     }
-    let (face_areas, centroids): (Vec<Vec<f64>>, Vec<[f64; 3]>) = meshes.iter().map(area_and_centroid).unzip();
-    let areas: Vec<f64> = face_areas.iter().map(|a| a.iter().sum()).collect();
+    let (cdfs, centroids): (Vec<Vec<f64>>, Vec<[f64; 3]>) = meshes.iter().map(area_and_centroid).unzip();
+    let areas: Vec<f64> = cdfs.iter().map(|c| c.last().copied().unwrap_or(0.0)).collect();
     if let Some(i) = areas.iter().position(|a| !(*a > 0.0) || !a.is_finite()) {
         bail!("part {i} has no surface area");
     }
@@ -149,7 +148,7 @@ pub fn sample_parts(meshes: &[TriMesh], opts: &SampleOptions) -> Result<SampledC
     let mut positions = Vec::with_capacity(opts.num_points);
     let mut part_ids = Vec::with_capacity(opts.num_points);
     for (rank, (&src, &count)) in order.iter().zip(&counts).enumerate() {
-        sample_mesh(&meshes[src], &face_areas[src], count, &mut rng, &mut positions);
+        sample_mesh(&meshes[src], &cdfs[src], count, &mut rng, &mut positions);
         part_ids.extend(std::iter::repeat_n(rank as u8 + 1, count));
     }
 
@@ -225,6 +224,19 @@ impl Soa {
         s
     }
 
+    /// Axis-aligned bounds of the set (inverted infinities when empty).
+    fn bounds(&self) -> ([f32; 3], [f32; 3]) {
+        let mut lo = [f32::INFINITY; 3];
+        let mut hi = [f32::NEG_INFINITY; 3];
+        for (k, axis) in [&self.x, &self.y, &self.z].into_iter().enumerate() {
+            for &v in axis.iter() {
+                lo[k] = lo[k].min(v);
+                hi[k] = hi[k].max(v);
+            }
+        }
+        (lo, hi)
+    }
+
     /// Squared distance from `p` to the nearest point of the set (infinity when empty).
     fn nearest2(&self, p: &[f32; 3]) -> f32 {
         const LANES: usize = 8;
@@ -245,6 +257,11 @@ impl Soa {
     }
 }
 
+/// Squared distance from `p` to a box (0 inside): a lower bound for any point in it.
+fn box_dist2(p: &[f32; 3], (lo, hi): &([f32; 3], [f32; 3])) -> f32 {
+    (0..3).map(|k| (lo[k] - p[k]).max(p[k] - hi[k]).max(0.0).powi(2)).sum()
+}
+
 /// Attachment channel: per part, distance to its joint region, scaled to 0..=255.
 ///
 /// The joint region of a part is the set of its points whose distance to the nearest point
@@ -257,15 +274,32 @@ pub fn attachment_weights(positions: &[[f32; 3]], part_ids: &[u8], surface_area:
     let mut weights = vec![0u8; n];
     let members: Vec<Vec<usize>> =
         (1..=num_parts).map(|id| (0..n).filter(|&i| part_ids[i] as usize == id).collect()).collect();
+    let sets: Vec<Soa> = members.iter().map(|idx| Soa::new(idx.iter().map(|&i| &positions[i]))).collect();
+    let boxes: Vec<([f32; 3], [f32; 3])> = sets.iter().map(Soa::bounds).collect();
+    // Nearest point of any other part: parts are visited from the nearest bounding box out
+    // and skipped once their box is farther than the best point found.
+    let nearest_other = |p: &[f32; 3], own: usize| -> f32 {
+        let mut order: Vec<(f32, usize)> = (0..num_parts)
+            .filter(|&j| j != own && !sets[j].x.is_empty())
+            .map(|j| (box_dist2(p, &boxes[j]), j))
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut best = f32::INFINITY;
+        for (lower, j) in order {
+            if lower >= best {
+                break;
+            }
+            best = best.min(sets[j].nearest2(p));
+        }
+        best.sqrt()
+    };
     for (pi, idx) in members.iter().enumerate() {
         if idx.is_empty() {
             continue;
         }
-        let id = (pi + 1) as u8;
         // Anchor points: the joint region, or the centroid.
         let mut anchor_points: Vec<[f32; 3]> = if num_parts > 1 {
-            let others = Soa::new((0..n).filter(|&j| part_ids[j] != id).map(|j| &positions[j]));
-            let d_other: Vec<f32> = idx.iter().map(|&i| others.nearest2(&positions[i]).sqrt()).collect();
+            let d_other: Vec<f32> = idx.iter().map(|&i| nearest_other(&positions[i], pi)).collect();
             let closest = d_other.iter().copied().fold(f32::INFINITY, f32::min);
             let reach = closest + 2.0 * spacing;
             idx.iter().zip(&d_other).filter(|(_, &d)| d <= reach).map(|(&i, _)| positions[i]).collect()
@@ -360,6 +394,41 @@ mod tests {
             assert_eq!(set.nearest2(q), plain);
         }
         assert_eq!(Soa::new(std::iter::empty()).nearest2(&[0.0; 3]), f32::INFINITY);
+    }
+
+    /// The pruned nearest-other-part search against a plain scan over every pair.
+    #[test]
+    fn attachment_matches_brute_force() {
+        let cloud = sample_parts(&crate::bench::sampling::test_meshes(), &SampleOptions::new(1500, 9)).unwrap();
+        let (pos, ids) = (&cloud.positions, &cloud.part_ids);
+        let area = 1.7;
+        let spacing = (area / pos.len() as f64).sqrt() as f32;
+        let mut want = vec![0u8; pos.len()];
+        for id in 1..=ids.iter().copied().max().unwrap() {
+            let idx: Vec<usize> = (0..pos.len()).filter(|&i| ids[i] == id).collect();
+            let d: Vec<f32> = idx
+                .iter()
+                .map(|&i| {
+                    (0..pos.len())
+                        .filter(|&j| ids[j] != id)
+                        .map(|j| dist2(&pos[i], &pos[j]))
+                        .fold(f32::INFINITY, f32::min)
+                        .sqrt()
+                })
+                .collect();
+            let closest = d.iter().copied().fold(f32::INFINITY, f32::min);
+            let anchors: Vec<usize> =
+                idx.iter().zip(&d).filter(|(_, &x)| x <= closest + 2.0 * spacing).map(|(&i, _)| i).collect();
+            let g: Vec<f32> = idx
+                .iter()
+                .map(|&i| anchors.iter().map(|&a| dist2(&pos[i], &pos[a])).fold(f32::INFINITY, f32::min).sqrt())
+                .collect();
+            let gmax = g.iter().copied().fold(0.0, f32::max);
+            for (&i, &gi) in idx.iter().zip(&g) {
+                want[i] = (255.0 * gi / gmax).round() as u8;
+            }
+        }
+        assert_eq!(attachment_weights(pos, ids, area), want);
     }
 
     #[test]
