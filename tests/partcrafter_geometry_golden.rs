@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::case;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -30,15 +32,6 @@ fn synthetic_decoder(manifest: &serde_json::Value, dir: &Path) -> SdfDecoder {
         &common::specs(&manifest["tensors"]["vae"]["entries"]),
     );
     SdfDecoder::load(&vae, &Device::Cpu, DType::F32).unwrap()
-}
-
-fn case<'a>(manifest: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    manifest["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("case {name} not in manifest"))
 }
 
 fn input<'a>(case: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {

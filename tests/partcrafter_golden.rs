@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{check_close, component, load_tensors, specs, write_json, write_synth};
+use common::{case, check_close, component, load_tensors, specs, write_json, write_synth};
 use lumen::models::partcrafter::dit::{DitConfig, DitTrace, PartCrafterDit, PartIds};
 use lumen::models::partcrafter::encoder::{self, Dinov2Config, Dinov2Model, PreprocessConfig};
 use lumen::models::partcrafter::sampler::{self, SamplerTrace};
@@ -22,15 +22,6 @@ use lumen::pipeline::Timings;
 use lumen::synth::TensorSpec;
 use lumen::weights::open_model_dir;
 use serde_json::Value;
-
-fn case<'a>(m: &'a Value, name: &str) -> &'a Value {
-    m["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("manifest has no case {name}"))
-}
 
 /// The case's tolerance for `output` (a number, or a per-output map).
 fn tol(c: &Value, output: &str) -> f64 {

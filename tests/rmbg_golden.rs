@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::case;
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -36,15 +38,6 @@ fn compare(label: &str, got: &Tensor, want: &Tensor, spec: &serde_json::Value) -
     }
     println!();
     ok
-}
-
-fn case<'a>(manifest: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    manifest["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("case {name} not in manifest"))
 }
 
 /// The network with the goldens' synthetic weights, built once per test binary through the

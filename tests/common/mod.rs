@@ -79,6 +79,16 @@ pub fn check_close(label: &str, got: &Tensor, want: &Tensor, tol: f64) -> f64 {
     err
 }
 
+/// The case named `name` of a manifest whose `cases` is a list of `{"name", ...}`.
+pub fn case<'a>(manifest: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    manifest["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("case {name} not in manifest"))
+}
+
 /// Manifest tensor entries (`[{name, shape, dtype}]`) as specs.
 pub fn specs(entries: &serde_json::Value) -> Vec<TensorSpec> {
     entries.as_array().expect("tensor list").iter().map(|e| TensorSpec::from_json(e).unwrap()).collect()
