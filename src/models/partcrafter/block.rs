@@ -45,6 +45,7 @@ impl Fp32LayerNorm {
 }
 
 /// Per-head RMSNorm of q or k over the head dimension (eps 1e-6, variance in f32).
+#[derive(Debug, Clone)]
 struct HeadRmsNorm {
     weight: Tensor,
     eps: f32,
@@ -86,6 +87,9 @@ pub enum AttnScope {
     Global { num_parts: usize },
 }
 
+/// Multi-head attention with the checkpoint's `to_q/to_k/to_v/to_out.0` (and optional
+/// `norm_q/norm_k`), shared by the DiT blocks and the SDF decoder's trunk.
+#[derive(Debug, Clone)]
 pub struct Attention {
     to_q: Linear,
     to_k: Linear,

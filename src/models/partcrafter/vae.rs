@@ -21,7 +21,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::block::deinterleave_heads;
+use super::block::{self, deinterleave_heads};
 use crate::attention::attention;
 use crate::synth::TensorSpec;
 
@@ -176,48 +176,30 @@ fn heads_last(x: &Tensor) -> candle_core::Result<Tensor> {
     x.transpose(1, 2)?.contiguous()?.reshape((b, l, h * d))
 }
 
-/// Trunk block: x += attn1(norm1(x)); x += ff(norm3(x)). No qk-norm in the VAE.
+/// Trunk block: x += attn1(norm1(x)); x += ff(norm3(x)). The self-attention is the DiT's
+/// (same head de-interleaving), without qk-norm.
 #[derive(Debug, Clone)]
 struct SelfBlock {
     norm1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    attn1: block::Attention,
     norm3: LayerNorm,
     ff: FeedForward,
-    heads: usize,
 }
 
 impl SelfBlock {
     fn new(cfg: &VaeConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let w = cfg.width_decoder;
-        let a = vb.pp("attn1");
-        let raw = ["to_q", "to_k", "to_v"]
-            .iter()
-            .map(|n| a.pp(*n).get((w, w), "weight"))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut split = deinterleave_heads(&raw, cfg.num_attention_heads, w / cfg.num_attention_heads)?.into_iter();
         Ok(Self {
             norm1: layer_norm(w, vb.pp("norm1"))?,
-            q: linear_no_bias_from(split.next().unwrap()),
-            k: linear_no_bias_from(split.next().unwrap()),
-            v: linear_no_bias_from(split.next().unwrap()),
-            out: candle_nn::linear(w, w, a.pp("to_out.0"))?,
+            attn1: block::Attention::new(vb.pp("attn1"), w, None, cfg.num_attention_heads, false)?,
             norm3: layer_norm(w, vb.pp("norm3"))?,
             ff: FeedForward::new(w, vb.pp("ff"))?,
-            heads: cfg.num_attention_heads,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.norm1.forward(x)?;
-        let q = heads_first(&self.q.forward(&h)?, self.heads)?;
-        let k = heads_first(&self.k.forward(&h)?, self.heads)?;
-        let v = heads_first(&self.v.forward(&h)?, self.heads)?;
-        let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-        let a = heads_last(&attention(&q, &k, &v, scale, false)?)?;
-        let x = (x + self.out.forward(&a)?)?;
+        let x = (x + self.attn1.forward_self(&h, block::AttnScope::Local)?)?;
         &x + self.ff.forward(&self.norm3.forward(&x)?)?
     }
 }
