@@ -50,11 +50,6 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Uniform integer in [0, n).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.uniform() * n as f64) as usize).min(n.saturating_sub(1))
-    }
-
     /// Standard normal N(0, 1).
     pub fn normal(&mut self) -> f64 {
         if let Some(z) = self.spare_normal.take() {

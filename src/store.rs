@@ -32,9 +32,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::UsageError;
 
-/// Default store: `out/` in the working directory.
-pub const DEFAULT_STORE: &str = "out";
-
 /// Network behaviour of remote stores.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -176,12 +173,6 @@ impl Store {
             (Arc::new(fs), ObjPath::default())
         };
         Ok(Self { url: url.to_string(), inner, root, rt })
-    }
-
-    /// Wraps an existing object store (tests).
-    pub fn from_object_store(url: &str, inner: Arc<dyn ObjectStore>, root: &str) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        Ok(Self { url: url.to_string(), inner, root: ObjPath::from(root), rt })
     }
 
     pub fn url(&self) -> &str {

@@ -236,15 +236,6 @@ pub fn check_safetensors_file(path: &Path) -> Result<HashMap<String, (safetensor
     Ok(st.tensors().into_iter().map(|(name, view)| (name, (view.dtype(), view.shape().to_vec()))).collect())
 }
 
-/// Checks that a loaded tensor has the expected shape, naming both when it does not
-/// (candle's own message does too; this one also says which file to suspect).
-pub fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
-    if got != want {
-        bail!("tensor {name} has shape {got:?}, expected {want:?}: the checkpoint does not match its config.json");
-    }
-    Ok(())
-}
-
 fn display_list(files: &[PathBuf]) -> String {
     files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }
