@@ -78,7 +78,9 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
         let problem = match p.mesh.validate() {
             Err(e) => Some(e),
             Ok(()) if p.mesh.is_empty() => Some("empty surface".to_string()),
-            Ok(()) if !(p.mesh.area() > 1e-12) => Some("degenerate surface (zero area)".to_string()),
+            Ok(()) if p.mesh.area().is_nan() || p.mesh.area() <= 1e-12 => {
+                Some("degenerate surface (zero area)".to_string())
+            }
             Ok(()) => None,
         };
         match problem {

@@ -94,7 +94,7 @@ impl WeightsSource {
             ))
             .into());
         }
-        if let Some(found) = self.from_cache(repo, required)? {
+        if let Some(found) = self.lookup_cache(repo, required)? {
             return Ok(found);
         }
         self.download(repo, required)
@@ -105,7 +105,7 @@ impl WeightsSource {
     }
 
     /// Looks the repo up in the hub cache without touching the network.
-    fn from_cache(&self, repo: Repo, required: &str) -> Result<Option<RepoDir>> {
+    fn lookup_cache(&self, repo: Repo, required: &str) -> Result<Option<RepoDir>> {
         let root = self.repo_cache_dir(repo);
         let commit = if is_commit_hash(repo.revision) {
             repo.revision.to_string()
@@ -135,7 +135,7 @@ impl WeightsSource {
             return Err(UsageError(self.missing_message(repo, required)).into());
         }
         crate::hub::snapshot(&self.cache_dir, repo)?;
-        self.from_cache(repo, required)?
+        self.lookup_cache(repo, required)?
             .with_context(|| format!("{} downloaded but {required} is still missing", repo.id))
     }
 

@@ -3,7 +3,6 @@
 //! usage/configuration errors and 1 otherwise.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -125,7 +124,7 @@ pub fn store_images(store: &crate::store::Store, key: &str, images: &[(String, V
 }
 
 /// The default catalogue when it exists (part counts, seeds and names of known concepts).
-pub fn optional_catalog(path: &PathBuf) -> Result<Option<crate::concept::Catalog>> {
+pub fn optional_catalog(path: &std::path::Path) -> Result<Option<crate::concept::Catalog>> {
     if path.is_file() {
         Ok(Some(crate::concept::Catalog::load(path)?))
     } else {

@@ -109,7 +109,7 @@ fn cell_triangles(cell: [u32; 3], f: &[f32; 8], level: f32, dims: [usize; 3], ou
                 let joined = saddle > 0.0;
                 for i in 0..4 {
                     // Cut off corner i when it is on the separated side.
-                    if s[i] == !joined {
+                    if s[i] != joined {
                         let prev = (i + 3) % 4;
                         let (from, to) = if s[i] { (prev, i) } else { (i, prev) };
                         let (a, b) = edge(from);

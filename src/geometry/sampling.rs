@@ -137,7 +137,7 @@ pub fn sample_parts(meshes: &[TriMesh], opts: &SampleOptions) -> Result<SampledC
     }
     let (cdfs, centroids): (Vec<Vec<f64>>, Vec<[f64; 3]>) = meshes.iter().map(area_and_centroid).unzip();
     let areas: Vec<f64> = cdfs.iter().map(|c| c.last().copied().unwrap_or(0.0)).collect();
-    if let Some(i) = areas.iter().position(|a| !(*a > 0.0) || !a.is_finite()) {
+    if let Some(i) = areas.iter().position(|a| !a.is_finite() || *a <= 0.0) {
         bail!("part {i} has no surface area");
     }
     let order = canonical_order(&areas, &centroids);
@@ -164,7 +164,7 @@ pub fn sample_parts(meshes: &[TriMesh], opts: &SampleOptions) -> Result<SampledC
     }
     let center: [f64; 3] = std::array::from_fn(|k| (lo[k] as f64 + hi[k] as f64) / 2.0);
     let half = (0..3).map(|k| (hi[k] - lo[k]) as f64 / 2.0).fold(0.0, f64::max);
-    if !(half > 0.0) {
+    if half.is_nan() || half <= 0.0 {
         bail!("the parts have zero extent");
     }
     for p in &mut positions {

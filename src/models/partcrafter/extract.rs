@@ -228,7 +228,7 @@ pub fn check_surface(mesh: &TriMesh) -> Result<()> {
     }
     mesh.validate().map_err(|e| anyhow::anyhow!("invalid mesh: {e}"))?;
     let area = mesh.area();
-    if !(area > 0.0) {
+    if area.is_nan() || area <= 0.0 {
         bail!("degenerate surface: {} faces with total area {area}", mesh.faces.len());
     }
     Ok(())
