@@ -30,6 +30,13 @@ fn json(o: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(o)))
 }
 
+/// `lumen pregenerate concepts/top50.json --pipeline procedural --json EXTRA…` in `dir`.
+fn pregenerate_top50(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json"];
+    args.extend_from_slice(extra);
+    run_in(dir, &args)
+}
+
 #[test]
 fn generate_writes_a_decodable_asset() {
     let w = workdir();
@@ -105,7 +112,7 @@ fn bad_input_exits_2_with_a_clear_message_and_writes_nothing() {
 #[test]
 fn pregenerate_twice_skips_everything_the_second_time() {
     let w = workdir();
-    let o = run_in(w.path(), &["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json"]);
+    let o = pregenerate_top50(w.path(), &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!((v["done"].as_u64(), v["skipped"].as_u64(), v["failed"].as_u64()), (Some(50), Some(0), Some(0)));
@@ -115,7 +122,7 @@ fn pregenerate_twice_skips_everything_the_second_time() {
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().modified().unwrap())
         .collect();
-    let o = run_in(w.path(), &["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json"]);
+    let o = pregenerate_top50(w.path(), &[]);
     assert_eq!(o.status.code(), Some(0));
     let v = json(&o);
     assert_eq!((v["done"].as_u64(), v["skipped"].as_u64()), (Some(0), Some(50)));
@@ -140,10 +147,7 @@ fn shards_split_the_catalogue_without_overlap() {
     let w = workdir();
     let mut total = 0;
     for i in 0..3 {
-        let o = run_in(
-            w.path(),
-            &["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--shard", &format!("{i}/3"), "--json"],
-        );
+        let o = pregenerate_top50(w.path(), &["--shard", &format!("{i}/3")]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let v = json(&o);
         assert_eq!(v["skipped"], 0, "shard {i} saw another shard's key");
@@ -183,7 +187,7 @@ fn killed_pregenerate_resumes_and_leaves_no_partial_blob() {
     for (name, bytes) in &partial {
         Asset::decode(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    let o = run_in(w.path(), &["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json"]);
+    let o = pregenerate_top50(w.path(), &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["skipped"].as_u64().unwrap() as usize, partial.len());
@@ -383,18 +387,7 @@ fn full_disk_fails_cleanly_and_keeps_what_was_stored() {
     assert_eq!(json(&o)["assets"].as_u64().unwrap() as usize, stored.len());
 
     // A batch keeps going past every failing concept and ends with the summary, exit 1.
-    let o = run_in(
-        w.path(),
-        &[
-            "pregenerate",
-            "concepts/top50.json",
-            "--pipeline",
-            "procedural",
-            "--json",
-            "--store",
-            store.to_str().unwrap(),
-        ],
-    );
+    let o = pregenerate_top50(w.path(), &["--store", store.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["skipped"].as_u64().unwrap() as usize, stored.len(), "the stored concepts are all in top50");
