@@ -4,7 +4,15 @@ STORE ?= out
 CATALOG ?= concepts/top50.json
 PIPELINE ?= procedural
 
-.PHONY: help build run test bench preflight cuda fmt clean-out
+# The CUDA build has its own output folder so no CPU build overwrites it.
+CUDA_TARGET ?= target/cuda
+CUDA_BIN = $(CUDA_TARGET)/release/lumen
+# 80 = one binary for A100, L4 (8.9), H100/H200 (9.0): candle's and lumen's kernels ship as
+# compute_80 PTX, which the driver JIT-compiles for the card at hand.
+CUDA_COMPUTE_CAP ?= 80
+CUDA_FEATURES ?= cuda,cudnn
+
+.PHONY: help build run test bench preflight cuda cuda-run cuda-dist fmt clean-out
 
 help:
 	@echo "make build      release build (CPU)"
@@ -12,7 +20,9 @@ help:
 	@echo "make test       the whole test suite (what CI runs)"
 	@echo "make bench      every benchmark suite (slow on CPU: minutes)"
 	@echo "make preflight  store, device, catalogue and end-to-end checks"
-	@echo "make cuda       release build with CUDA (see README: needs nvcc, CUDA_COMPUTE_CAP)"
+	@echo "make cuda       CUDA release build into $(CUDA_BIN) (installs a pinned toolkit if needed)"
+	@echo "make cuda-run   pregenerate $(CATALOG) on the GPU with the partcrafter pipeline"
+	@echo "make cuda-dist  the CUDA binary compressed for a GPU machine (dist/lumen-cuda.xz)"
 
 build:
 	$(CARGO) build --release
@@ -31,7 +41,18 @@ preflight: build
 	./target/release/lumen preflight --pipeline $(PIPELINE) --store $(STORE)
 
 cuda:
-	$(CARGO) build --release --features cuda
+	@cu="$$(scripts/cuda-toolchain.sh | tail -1)" && \
+	  echo "CUDA toolkit: $$cu (compute capability $(CUDA_COMPUTE_CAP), features $(CUDA_FEATURES))" && \
+	  CUDA_HOME="$$cu" PATH="$$cu/bin:$$PATH" LIBRARY_PATH="$$cu/lib:$$cu/lib/stubs" \
+	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CUDA_TARGET) \
+	  $(CARGO) build --release --locked --features $(CUDA_FEATURES)
+	@echo "built $(CUDA_BIN)"
+
+cuda-run: cuda
+	$(CUDA_BIN) pregenerate $(CATALOG) --pipeline partcrafter --store $(STORE)
+
+cuda-dist: cuda
+	mkdir -p dist && xz -9 -T0 -c $(CUDA_BIN) > dist/lumen-cuda.xz && ls -l dist/lumen-cuda.xz
 
 fmt:
 	$(CARGO) fmt --all

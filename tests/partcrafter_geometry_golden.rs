@@ -1,6 +1,6 @@
 //! Golden tests of PartCrafter's geometry half: the SDF decoder (`vae/`), the reference
 //! extraction (dense grid, band refinement, marching cubes) and the fast narrow-band mode
-//! against it. Every size and setting comes from `../shared/goldens/partcrafter/manifest.json`.
+//! against it. Every size and setting comes from `tests/goldens/partcrafter/manifest.json`.
 //!
 //! Run alone with `cargo test partcrafter_geometry_golden -- --nocapture`.
 
@@ -198,9 +198,7 @@ fn check_mc_on_stored_grid(label: &str, grid: &Tensor, opts: &ExtractOptions, go
 
 #[test]
 fn partcrafter_geometry_golden_vae_decode() {
-    let Some((dir, manifest)) = common::component("partcrafter") else {
-        return;
-    };
+    let (dir, manifest) = common::component("partcrafter");
     let c = case(&manifest, "vae_decode");
     let tol = c["rel_l2_tol"].as_f64().unwrap();
     let g = common::load_tensors(&dir.join(c["file"].as_str().unwrap()));
@@ -231,9 +229,7 @@ fn sphere_field(pts: &[[f32; 3]]) -> anyhow::Result<Vec<f32>> {
 
 #[test]
 fn partcrafter_geometry_golden_extract_analytic() {
-    let Some((dir, manifest)) = common::component("partcrafter") else {
-        return;
-    };
+    let (dir, manifest) = common::component("partcrafter");
     let c = case(&manifest, "extract_analytic");
     assert!(input(c, "field").as_str().unwrap().contains("60.0 * (0.6 - ||x||_2)"));
     let g = common::load_tensors(&dir.join(c["file"].as_str().unwrap()));
@@ -264,9 +260,7 @@ fn partcrafter_geometry_golden_extract_analytic() {
 
 #[test]
 fn partcrafter_geometry_golden_extract() {
-    let Some((dir, manifest)) = common::component("partcrafter") else {
-        return;
-    };
+    let (dir, manifest) = common::component("partcrafter");
     let c = case(&manifest, "extract");
     let g = common::load_tensors(&dir.join(c["file"].as_str().unwrap()));
     let tmp = common::tempdir();
@@ -422,9 +416,7 @@ fn compare_modes(
 /// field) at the goldens' depths, and analytic SDF parts at a finer reference grid.
 #[test]
 fn partcrafter_geometry_golden_fast_vs_reference() {
-    let Some((dir, manifest)) = common::component("partcrafter") else {
-        return;
-    };
+    let (dir, manifest) = common::component("partcrafter");
     let c = case(&manifest, "extract");
     let g = common::load_tensors(&dir.join(c["file"].as_str().unwrap()));
     let tmp = common::tempdir();
@@ -539,9 +531,7 @@ fn partcrafter_geometry_golden_empty_part_fails() {
 /// that f16 stays within the precision f16 can give (rel L2 ≤ 1e-2).
 #[test]
 fn partcrafter_geometry_golden_vae_decode_f16_plumbing() {
-    let Some((dir, manifest)) = common::component("partcrafter") else {
-        return;
-    };
+    let (dir, manifest) = common::component("partcrafter");
     let c = case(&manifest, "vae_decode");
     let g = common::load_tensors(&dir.join(c["file"].as_str().unwrap()));
     let tmp = common::tempdir();

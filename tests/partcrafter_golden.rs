@@ -75,7 +75,7 @@ fn same_specs(ours: &[TensorSpec], manifest: &[TensorSpec]) {
 
 #[test]
 fn partcrafter_golden_tensor_lists_follow_config() {
-    let Some((_, m)) = component("partcrafter") else { return };
+    let (_, m) = component("partcrafter");
     let dit_cfg: DitConfig = serde_json::from_value(m["config"]["transformer"].clone()).unwrap();
     same_specs(
         &lumen::models::partcrafter::dit::tensor_specs(&dit_cfg),
@@ -87,9 +87,7 @@ fn partcrafter_golden_tensor_lists_follow_config() {
 
 #[test]
 fn partcrafter_golden_image_preprocess() {
-    let Some((dir, m)) = component("partcrafter") else {
-        return;
-    };
+    let (dir, m) = component("partcrafter");
     let c = case(&m, "image_preprocess");
     let g = load_tensors(&dir.join(c["file"].as_str().unwrap()));
     let img = image::open(dir.join("image.png")).unwrap().to_rgb8();
@@ -116,9 +114,7 @@ fn partcrafter_golden_image_preprocess() {
 
 #[test]
 fn partcrafter_golden_image_encoder() {
-    let Some((dir, m)) = component("partcrafter") else {
-        return;
-    };
+    let (dir, m) = component("partcrafter");
     let c = case(&m, "image_encoder");
     let t = tol(c, "image_embeds");
     let g = load_tensors(&dir.join(c["file"].as_str().unwrap()));
@@ -177,9 +173,7 @@ fn run_forward(
 
 #[test]
 fn partcrafter_golden_transformer_forward() {
-    let Some((dir, m)) = component("partcrafter") else {
-        return;
-    };
+    let (dir, m) = component("partcrafter");
     let tmp = common::tempdir();
     checkpoint(&m, tmp.path());
     let dit = load_dit(tmp.path());
@@ -191,9 +185,7 @@ fn partcrafter_golden_transformer_forward() {
 /// The part-id option is real: the 0…N−1 variant changes the CFG-batch output.
 #[test]
 fn partcrafter_golden_part_id_policy_matters() {
-    let Some((dir, m)) = component("partcrafter") else {
-        return;
-    };
+    let (dir, m) = component("partcrafter");
     let tmp = common::tempdir();
     checkpoint(&m, tmp.path());
     let dit = load_dit(tmp.path());
@@ -212,9 +204,7 @@ fn partcrafter_golden_part_id_policy_matters() {
 
 #[test]
 fn partcrafter_golden_sampler() {
-    let Some((dir, m)) = component("partcrafter") else {
-        return;
-    };
+    let (dir, m) = component("partcrafter");
     let c = case(&m, "sampler");
     let g = load_tensors(&dir.join(c["file"].as_str().unwrap()));
     let steps = input_value(c, "num_inference_steps").as_u64().unwrap() as usize;
@@ -256,9 +246,7 @@ fn partcrafter_golden_sampler() {
 /// recorded noise, loaded with `PartCrafterLatents::load` from the checkpoint folder.
 #[test]
 fn partcrafter_golden_end_to_end_latents() {
-    let Some((dir, m)) = component("partcrafter") else {
-        return;
-    };
+    let (dir, m) = component("partcrafter");
     let c = case(&m, "sampler");
     let g = load_tensors(&dir.join(c["file"].as_str().unwrap()));
     let tmp = common::tempdir();
@@ -454,9 +442,7 @@ fn partcrafter_golden_stage_trait() {
 /// the f32 reference. Loose bounds: this checks the dtype plumbing, not parity.
 #[test]
 fn partcrafter_golden_half_precision_path() {
-    let Some((dir, m)) = component("partcrafter") else {
-        return;
-    };
+    let (dir, m) = component("partcrafter");
     let tmp = common::tempdir();
     checkpoint(&m, tmp.path());
     let c = case(&m, "transformer_forward");

@@ -47,7 +47,7 @@ fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
     if synthetic_weights(&weights).is_none() {
         return;
     }
-    let tokens = common::component("partcrafter").unwrap().1["config"]["pipeline_call"]["num_tokens"].to_string();
+    let tokens = common::component("partcrafter").1["config"]["pipeline_call"]["num_tokens"].to_string();
     let o = lumen()
         .current_dir(work.path())
         .args(["generate", "chair", "--weights", weights.to_str().unwrap(), "--parts", "3", "--steps", "2"])

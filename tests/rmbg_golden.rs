@@ -1,4 +1,4 @@
-//! BriaRMBG-1.4 and PartCrafter's `prepare_image` against `../shared/goldens/rmbg/`.
+//! BriaRMBG-1.4 and PartCrafter's `prepare_image` against `tests/goldens/rmbg/`.
 //!
 //! Synthetic weights are regenerated from the manifest's tensor list, written as a
 //! `model.safetensors` beside a `config.json` built from the manifest's `config`, and loaded
@@ -71,9 +71,7 @@ fn output<'a>(name: &str, out: &'a RmbgOutput, taps: &'a HashMap<String, Tensor>
 
 /// Runs one stored-input forward case and compares every output the manifest lists.
 fn run_forward_case(name: &str) {
-    let Some((dir, manifest)) = common::component("rmbg") else {
-        return;
-    };
+    let (dir, manifest) = common::component("rmbg");
     let case = case(&manifest, name);
     let data = common::load_tensors(&dir.join(case["file"].as_str().unwrap()));
     let x = &data[case["inputs"]["x"]["tensor"].as_str().unwrap()];
@@ -106,9 +104,7 @@ fn rmbg_golden_forward_320() {
 /// The one 1024² forward: the rule-generated input, d1 only (what production runs).
 #[test]
 fn rmbg_golden_forward_1024() {
-    let Some((dir, manifest)) = common::component("rmbg") else {
-        return;
-    };
+    let (dir, manifest) = common::component("rmbg");
     let case = case(&manifest, "forward_1024");
     let data = common::load_tensors(&dir.join(case["file"].as_str().unwrap()));
     let shape: Vec<usize> = serde_json::from_value(case["inputs"]["x"]["shape"].clone()).unwrap();
@@ -146,9 +142,7 @@ fn exact<T: PartialEq + std::fmt::Debug>(label: &str, got: &[T], want: &[T]) -> 
 /// tested alone), plus the model input taken from the PNG.
 #[test]
 fn rmbg_golden_prepare_image() {
-    let Some((dir, manifest)) = common::component("rmbg") else {
-        return;
-    };
+    let (dir, manifest) = common::component("rmbg");
     let case = case(&manifest, "prepare_image");
     let g = common::load_tensors(&dir.join(case["file"].as_str().unwrap()));
     let outs = &case["outputs"];
@@ -237,9 +231,7 @@ fn rmbg_golden_empty_mask_is_an_error() {
 /// The tensor list the port writes for benchmarks matches the checkpoint's (minus counters).
 #[test]
 fn rmbg_golden_tensor_list_matches_checkpoint() {
-    let Some((_, manifest)) = common::component("rmbg") else {
-        return;
-    };
+    let (_, manifest) = common::component("rmbg");
     let cfg: lumen::models::rmbg::Config = serde_json::from_value(manifest["config"].clone()).unwrap();
     let ours: Vec<(String, Vec<usize>)> = BriaRmbg::tensor_specs(&cfg).into_iter().map(|s| (s.name, s.shape)).collect();
     let mut theirs: Vec<(String, Vec<usize>)> = common::specs(&manifest["tensors"])
@@ -265,9 +257,7 @@ fn rmbg_golden_tensor_list_matches_checkpoint() {
 #[test]
 #[ignore]
 fn rmbg_golden_prepare_image_end_to_end() {
-    let Some((dir, manifest)) = common::component("rmbg") else {
-        return;
-    };
+    let (dir, manifest) = common::component("rmbg");
     let case = case(&manifest, "prepare_image");
     let g = common::load_tensors(&dir.join(case["file"].as_str().unwrap()));
     let img = image::open(dir.join(case["inputs"]["image_png"].as_str().unwrap().split(' ').next().unwrap()))

@@ -1,4 +1,4 @@
-//! SDXL Turbo stage against the goldens (`../shared/goldens/sdxl`): the tiny
+//! SDXL Turbo stage against the goldens (`tests/goldens/sdxl`): the tiny
 //! SDXL-architecture model with synthetic weights, every size taken from the manifest.
 //! Each test writes a checkpoint folder laid out like the hub repo and loads it through
 //! the stage's own loaders.
@@ -48,7 +48,7 @@ fn ids(t: &Tensor) -> Vec<Vec<u32>> {
 /// The generator reproduces the reference weights bit for bit (manifest `weights_sha256`).
 #[test]
 fn sdxl_golden_weights_rule() {
-    let Some((_, manifest)) = component("sdxl") else { return };
+    let (_, manifest) = component("sdxl");
     for (module, want) in manifest["weights_sha256"].as_object().unwrap() {
         let mut h = Sha256::new();
         for s in specs(&manifest["tensors"][module.as_str()]) {
@@ -67,9 +67,7 @@ fn sdxl_golden_weights_rule() {
 /// Both tokenizers, from tokenizer.json and from vocab.json + merges.txt (the hub repo's files).
 #[test]
 fn sdxl_golden_tokenizer() {
-    let Some((dir, manifest)) = component("sdxl") else {
-        return;
-    };
+    let (dir, manifest) = component("sdxl");
     let case = &manifest["cases"]["tokenizer"];
     let cases: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(case["file"].as_str().unwrap())).unwrap()).unwrap();
@@ -119,9 +117,7 @@ fn sdxl_golden_tokenizer() {
 
 #[test]
 fn sdxl_golden_text_encoders() {
-    let Some((dir, manifest)) = component("sdxl") else {
-        return;
-    };
+    let (dir, manifest) = component("sdxl");
     let t = case_file(&dir, &manifest, "text_encoders");
     let tol = tol(&manifest, "text_encoders");
     let tmp = tempdir();
@@ -145,9 +141,7 @@ fn sdxl_golden_text_encoders() {
 
 #[test]
 fn sdxl_golden_scheduler_step() {
-    let Some((dir, manifest)) = component("sdxl") else {
-        return;
-    };
+    let (dir, manifest) = component("sdxl");
     let cfg: SchedulerConfig = serde_json::from_value(manifest["config"]["scheduler"].clone()).unwrap();
     for case in ["scheduler_step", "scheduler_4steps"] {
         let t = case_file(&dir, &manifest, case);
@@ -184,9 +178,7 @@ fn sdxl_golden_scheduler_step() {
 
 #[test]
 fn sdxl_golden_vae_decode() {
-    let Some((dir, manifest)) = component("sdxl") else {
-        return;
-    };
+    let (dir, manifest) = component("sdxl");
     let t = case_file(&dir, &manifest, "vae_decode");
     let tmp = tempdir();
     let vae = sdxl::load_vae(&write_module(tmp.path(), &manifest, "vae"), &Device::Cpu, DType::F32).unwrap();
@@ -196,9 +188,7 @@ fn sdxl_golden_vae_decode() {
 
 #[test]
 fn sdxl_golden_unet_forward() {
-    let Some((dir, manifest)) = component("sdxl") else {
-        return;
-    };
+    let (dir, manifest) = component("sdxl");
     let t = case_file(&dir, &manifest, "unet_forward");
     let tmp = tempdir();
     let unet = sdxl::load_unet(&write_module(tmp.path(), &manifest, "unet"), &Device::Cpu, DType::F32).unwrap();
@@ -226,9 +216,7 @@ fn options_from(manifest: &Value) -> SdxlOptions {
 /// The whole stage, loaded through `SdxlTurbo::load` from a `--weights` folder.
 #[test]
 fn sdxl_golden_pipeline() {
-    let Some((dir, manifest)) = component("sdxl") else {
-        return;
-    };
+    let (dir, manifest) = component("sdxl");
     let t = case_file(&dir, &manifest, "pipeline");
     let tol = tol(&manifest, "pipeline");
     let tmp = tempdir();
@@ -289,9 +277,7 @@ fn sdxl_golden_pipeline() {
 /// `TextToImage::generate` on the synthetic tiny checkpoint: a real image, same seed → same image.
 #[test]
 fn sdxl_golden_stage_generate_is_seeded() {
-    let Some((dir, manifest)) = component("sdxl") else {
-        return;
-    };
+    let (dir, manifest) = component("sdxl");
     let tmp = tempdir();
     write_repo(tmp.path(), &dir);
     let source = WeightsSource {

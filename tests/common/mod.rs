@@ -8,32 +8,22 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use lumen::synth::{write_synthetic_safetensors, TensorSpec};
 
-/// The golden folder: `LUMEN_GOLDENS`, else `../shared/goldens` beside the crate.
+/// The golden folder: `LUMEN_GOLDENS` (golden sets made at other sizes), else the
+/// repository's own copy in `tests/goldens`.
 pub fn goldens_root() -> PathBuf {
     std::env::var_os("LUMEN_GOLDENS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/goldens"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens"))
 }
 
-/// The folder and parsed manifest of one golden component, or `None` (with a loud
-/// message) when the goldens are absent. With `LUMEN_REQUIRE_GOLDENS=1` (CI) a missing
-/// folder fails the test instead of skipping it.
-pub fn component(name: &str) -> Option<(PathBuf, serde_json::Value)> {
+/// The folder and parsed manifest of one golden component. A missing manifest fails the
+/// test: the goldens ship with the repository, so absence is a broken checkout.
+pub fn component(name: &str) -> (PathBuf, serde_json::Value) {
     let dir = goldens_root().join(name);
     let manifest = dir.join("manifest.json");
-    if !manifest.is_file() {
-        let msg = format!(
-            "GOLDENS MISSING: {} not found; golden test for '{name}' SKIPPED (set LUMEN_GOLDENS)",
-            manifest.display()
-        );
-        if std::env::var("LUMEN_REQUIRE_GOLDENS").is_ok_and(|v| v == "1") {
-            panic!("{msg}");
-        }
-        eprintln!("\n*** {msg} ***\n");
-        return None;
-    }
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    Some((dir, serde_json::from_str(&text).expect("manifest.json is valid JSON")))
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("golden manifest {} unreadable: {e}", manifest.display()));
+    (dir, serde_json::from_str(&text).expect("manifest.json is valid JSON"))
 }
 
 /// Every tensor of a golden safetensors file, on the CPU.
