@@ -18,8 +18,10 @@ fn main() {
         return;
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let arch = std::env::var("LUMEN_PTX_ARCH").unwrap_or_else(|_| "compute_80".to_string());
     let nvcc = find_nvcc();
+    // Reported at run time beside the driver's version (`lumen::device::describe`).
+    println!("cargo::rustc-env=LUMEN_CUDA_TOOLKIT={}", toolkit_version(&nvcc));
+    let arch = std::env::var("LUMEN_PTX_ARCH").unwrap_or_else(|_| "compute_80".to_string());
     let mut sources: Vec<PathBuf> = std::fs::read_dir("src/cuda")
         .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -68,4 +70,15 @@ fn find_nvcc() -> PathBuf {
         }
     }
     panic!("the cuda feature needs nvcc: run `make cuda` (installs a pinned toolkit) or set NVCC / CUDA_HOME");
+}
+
+/// "13.0" from `nvcc --version`'s "release 13.0, V13.0.88" line.
+fn toolkit_version(nvcc: &Path) -> String {
+    let out = Command::new(nvcc).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    out.ok()
+        .and_then(|text| {
+            let rest = text.split("release ").nth(1)?;
+            Some(rest.split(',').next()?.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -22,6 +22,14 @@ pkgs=(
   nvidia-curand==10.4.0.35 nvidia-cuda-cccl==13.0.85 nvidia-cudnn-cu13==9.13.0.50
 )
 
+# A system toolkit of the right version is used as is (cuDNN must then be installed beside
+# it, or build with CUDA_FEATURES=cuda).
+if [ -z "${LUMEN_CUDA_FORCE_PIP:-}" ] && command -v nvcc >/dev/null 2>&1 \
+   && nvcc --version | grep -q "release 13\.0,"; then
+  dirname "$(dirname "$(command -v nvcc)")"
+  exit 0
+fi
+
 if [ ! -f "$stamp" ]; then
   echo "cuda-toolchain: installing CUDA 13.0 wheels into $venv (about 2 GB)" >&2
   python3 -m venv "$venv"

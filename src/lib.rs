@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod concept;
 pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod geometry;
 #[cfg(feature = "hub")]

@@ -51,13 +51,7 @@ impl Default for ModelOptions {
     }
 }
 
-/// The compute device: the first CUDA GPU in a CUDA build (unless `force_cpu`), else the CPU.
-pub fn select_device(force_cpu: bool) -> Result<Device> {
-    if force_cpu || !cfg!(feature = "cuda") {
-        return Ok(Device::Cpu);
-    }
-    Device::new_cuda(0).context("this is a CUDA build but no CUDA device could be opened (use --cpu to run on the CPU)")
-}
+pub use crate::device::select_device;
 
 pub struct PartCrafterGenerator {
     text_to_image: Box<dyn TextToImage>,
@@ -65,6 +59,10 @@ pub struct PartCrafterGenerator {
     image_to_parts: Box<dyn ImageToParts>,
     models: Vec<ModelInfo>,
     options: ModelOptions,
+    /// The device the stages run on (the clocks synchronise it) and what the asset records
+    /// of it and of each stage's precision.
+    device: Device,
+    device_settings: serde_json::Map<String, serde_json::Value>,
     /// Model stages share one device: one concept at a time goes through them.
     gpu: Mutex<()>,
 }
@@ -77,7 +75,36 @@ impl PartCrafterGenerator {
         models: Vec<ModelInfo>,
         options: ModelOptions,
     ) -> Self {
-        Self { text_to_image, background, image_to_parts, models, options, gpu: Mutex::new(()) }
+        Self {
+            text_to_image,
+            background,
+            image_to_parts,
+            models,
+            options,
+            device: Device::Cpu,
+            device_settings: serde_json::Map::new(),
+            gpu: Mutex::new(()),
+        }
+    }
+
+    /// Records the device the stages run on and each stage's dtype (logged once, and kept in
+    /// every asset's `pipeline.settings`).
+    pub fn with_device(mut self, device: &Device, stage_dtypes: &[(&str, DType)]) -> Self {
+        let info = crate::device::describe(device);
+        crate::commands::log(&info.summary());
+        let dtypes: serde_json::Map<String, serde_json::Value> = stage_dtypes
+            .iter()
+            .map(|(stage, dt)| (stage.to_string(), serde_json::Value::from(crate::device::dtype_name(*dt))))
+            .collect();
+        crate::commands::log(&format!(
+            "stage precision: {}",
+            stage_dtypes.iter().map(|(s, d)| format!("{s} {}", d.as_str())).collect::<Vec<_>>().join(", ")
+        ));
+        self.device_settings.insert("device".into(), info.kind.clone().into());
+        self.device_settings.insert("device_name".into(), info.name.clone().into());
+        self.device_settings.insert("dtypes".into(), dtypes.into());
+        self.device = device.clone();
+        self
     }
 
     /// Loads every stage's weights (see `weights.rs` for where they are looked up): fp16 on
@@ -85,7 +112,7 @@ impl PartCrafterGenerator {
     pub fn load(options: &ModelOptions) -> Result<Self> {
         let source = WeightsSource::from_env(options.weights_dir.clone());
         let device = select_device(options.force_cpu)?;
-        let dtype = if device.is_cuda() { DType::F16 } else { DType::F32 };
+        let dtype = crate::device::model_dtype(&device);
 
         let sd_options = SdxlOptions {
             steps: options.sd_steps,
@@ -122,7 +149,18 @@ impl PartCrafterGenerator {
                 ..SamplerOptions::default()
             },
         };
-        Ok(Self::from_stages(Box::new(sdxl), Box::new(rmbg), Box::new(parts), models, options.clone()))
+        let (sd_dtype, vae_dtype) = sdxl.dtypes();
+        let stage_dtypes = [
+            ("sdxl_text_encoders", sd_dtype),
+            ("sdxl_unet", sd_dtype),
+            ("sdxl_vae", vae_dtype),
+            ("rmbg", DType::F32),
+            ("partcrafter_encode", dtype),
+            ("partcrafter_sample", dtype),
+            ("sdf_decoder", dtype),
+        ];
+        Ok(Self::from_stages(Box::new(sdxl), Box::new(rmbg), Box::new(parts), models, options.clone())
+            .with_device(&device, &stage_dtypes))
     }
 }
 
@@ -139,6 +177,7 @@ impl ShapeGenerator for PartCrafterGenerator {
 
     fn generate(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<GeneratedShape> {
         let _one_at_a_time = self.gpu.lock().unwrap_or_else(|p| p.into_inner());
+        timings.sync_with(&self.device);
         let prompt = canonical_prompt(&request.concept.normalized);
         let reference = self.text_to_image.generate(&prompt, request.seed, timings).context("text → image")?;
         let prepared = self.background.prepare(&reference, timings).context("background removal")?;
@@ -169,6 +208,7 @@ impl ShapeGenerator for PartCrafterGenerator {
         settings.insert("tokens".into(), self.options.tokens.into());
         settings.insert("sd_steps".into(), self.options.sd_steps.into());
         settings.insert("parts_requested".into(), num_parts.into());
+        settings.extend(self.device_settings.clone());
         Ok(GeneratedShape {
             parts,
             dropped,

@@ -237,7 +237,10 @@ impl PartCrafterDit {
                 block.cross_kv(if off { &zeros } else { &cond }, self.scope(i, num_parts))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(CondCache { kv, rows: b, cond_len: m, num_parts })
+        let device = cond.device();
+        let batch_rows = Tensor::from_vec((0..b as u32).collect::<Vec<_>>(), b, device)?;
+        let group_rows = Tensor::from_vec((0..b as u32).map(|r| r % num_parts as u32).collect::<Vec<_>>(), b, device)?;
+        Ok(CondCache { kv, rows: b, cond_len: m, num_parts, part_rows: (batch_rows, group_rows) })
     }
 
     /// `x`: (B, T, in_channels) latents; `t`: (B,) timesteps (1000·σ); `cond`: (B, M,
@@ -291,21 +294,17 @@ impl PartCrafterDit {
         }
         let mut h = Tensor::cat(&[&temb.unsqueeze(1)?, &self.proj_in.forward(&x)?], 1)?;
         if let Some(table) = &self.part_embedding {
-            let rows: Vec<u32> = (0..b)
-                .map(|r| match ids {
-                    PartIds::Batch => r,
-                    PartIds::PerGroup => r % num_parts,
-                } as u32)
-                .collect();
-            let max = *rows.iter().max().unwrap_or(&0) as usize;
+            let (max, idx) = match ids {
+                PartIds::Batch => (b.saturating_sub(1), &cond.part_rows.0),
+                PartIds::PerGroup => (num_parts.saturating_sub(1), &cond.part_rows.1),
+            };
             if max >= self.cfg.max_num_parts {
                 candle_core::bail!(
                     "part id {max} needs more than the {} part embeddings ({b} rows, {num_parts} parts per group, {ids:?} ids)",
                     self.cfg.max_num_parts
                 );
             }
-            let idx = Tensor::from_vec(rows, b, table.device())?;
-            h = h.broadcast_add(&table.index_select(&idx, 0)?.unsqueeze(1)?)?;
+            h = h.broadcast_add(&table.index_select(idx, 0)?.unsqueeze(1)?)?;
         }
 
         let mut skips: Vec<Tensor> = Vec::new();
@@ -338,23 +337,25 @@ pub struct CondCache {
     rows: usize,
     cond_len: usize,
     num_parts: usize,
+    /// Part-embedding row of each batch row under [`PartIds::Batch`] and
+    /// [`PartIds::PerGroup`], made once on the device (not once per sampler step).
+    part_rows: (Tensor, Tensor),
 }
 
 /// Sinusoidal timestep embedding as diffusers' `Timesteps(dim, flip_sin_to_cos=False,
 /// downscale_freq_shift=0)`: frequencies exp(−ln(10000)·k/half), k < half, **sin block
 /// first**, then cos; t used as given (already 1000·σ). f32 throughout, like the reference.
+/// Computed on `t`'s device: the sampler calls this every step, and reading `t` back to the
+/// host would stall the GPU once per step.
 pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
-    let ts: Vec<f32> = t.to_dtype(DType::F32)?.to_vec1()?;
     let neg_ln = -(10000f64.ln() as f32);
+    // The frequencies are constants (no data dependency), built on the host.
     let freqs: Vec<f32> =
         (0..half).map(|k| ((neg_ln * k as f32) / half as f32) as f64).map(|e| e.exp() as f32).collect();
-    let mut out = Vec::with_capacity(ts.len() * dim);
-    for &tv in &ts {
-        out.extend(freqs.iter().map(|&f| ((tv * f) as f64).sin() as f32));
-        out.extend(freqs.iter().map(|&f| ((tv * f) as f64).cos() as f32));
-    }
-    Tensor::from_vec(out, (ts.len(), dim), t.device())
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    Tensor::cat(&[&args.sin()?, &args.cos()?], 1)
 }
 
 /// Every tensor of a `transformer/` checkpoint for `cfg`, in the reference `state_dict` order

@@ -89,8 +89,10 @@ pub fn sample(
         tr.schedule = Some(schedule.clone());
     }
     let mut x = noise.to_dtype(DType::F32)?;
+    // Every step's timestep goes to the device once, before the loop: no per-step transfer.
+    let all_t = Tensor::new(&schedule.timesteps[..steps], x.device())?;
     for i in 0..steps {
-        let t = Tensor::full(schedule.timesteps[i], rows, x.device())?;
+        let t = all_t.narrow(0, i, 1)?.broadcast_as(rows)?.contiguous()?;
         let x_in = if cfg { Tensor::cat(&[&x, &x], 0)? } else { x.clone() };
         let v_all = dit.forward_cached(&x_in.to_dtype(dtype)?, &t, &cond, part_ids, None)?;
         let v_all = v_all.to_dtype(DType::F32)?;

@@ -271,7 +271,7 @@ impl SdxlTurbo {
         let time_ids = Tensor::new(&[[size, size, 0.0, 0.0, size, size]], &self.device)?.to_dtype(self.dtype)?;
         let sched = EulerAncestral::new(&self.scheduler, self.options.steps)?;
 
-        let start = std::time::Instant::now();
+        let start = timings.start();
         let mut latents = (unit_latents.to_device(&self.device)?.to_dtype(DType::F32)? * sched.init_noise_sigma)?;
         let (mut unet_inputs, mut noise_preds) = (Vec::new(), Vec::new());
         for (i, &t) in sched.timesteps.iter().enumerate() {
@@ -287,7 +287,7 @@ impl SdxlTurbo {
             unet_inputs.push(input);
             noise_preds.push(eps);
         }
-        timings.add("sdxl_unet", start.elapsed().as_secs_f64() * 1e3);
+        timings.stop("sdxl_unet", start);
 
         let (vae_raw, image) = timings.time("sdxl_vae", || -> Result<(Tensor, Tensor)> {
             let z = latents.to_dtype(self.vae_dtype)?;
@@ -309,6 +309,13 @@ impl SdxlTurbo {
     }
 }
 
+impl SdxlTurbo {
+    /// The precision of the UNet and text encoders, and of the VAE.
+    pub fn dtypes(&self) -> (DType, DType) {
+        (self.dtype, self.vae_dtype)
+    }
+}
+
 impl TextToImage for SdxlTurbo {
     fn generate(&self, prompt: &str, seed: u64, timings: &mut Timings) -> Result<RgbImage> {
         let (ids_1, ids_2) = self.tokenize(prompt)?;
@@ -323,7 +330,41 @@ impl TextToImage for SdxlTurbo {
             |_| Ok(Tensor::from_vec(ancestral.normal_vec(numel), shape, &Device::Cpu)?),
             timings,
         )?;
-        let (h, w, bytes) = vae::to_rgb8(&trace.vae_raw)?;
+        // The conversion reads the decoded image back to the host: on a GPU that is where the
+        // VAE's queued work completes, so it belongs to the VAE stage's time.
+        let (h, w, bytes) = timings.time("sdxl_vae", || vae::to_rgb8(&trace.vae_raw))?;
         RgbImage::from_raw(w as u32, h as u32, bytes).context("image buffer size")
+    }
+}
+
+#[cfg(test)]
+mod stage_timing_tests {
+    use super::*;
+
+    /// The stage reports exactly its three stages, and the conversion of the decoded image
+    /// to bytes (where a GPU's queued VAE work completes) is counted in `sdxl_vae`: with the
+    /// conversion slowed by 1 s, `sdxl_vae` grows by at least that much.
+    #[test]
+    fn stage_list_and_conversion_inside_the_vae_stage() {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/sdxl");
+        let tmp = tempfile::tempdir().unwrap();
+        synthetic::write_synthetic_repo(&golden, tmp.path()).unwrap();
+        let opts = SdxlOptions { steps: 1, ..SdxlOptions::default() };
+        let stage = SdxlTurbo::load_dirs(tmp.path(), None, &Device::Cpu, &opts).unwrap();
+        let prompt = prompt::canonical_prompt("chair");
+
+        let mut fast = Timings::default();
+        stage.generate(&prompt, 1, &mut fast).unwrap();
+        assert_eq!(fast.stage_names(), ["sdxl_text_encoders", "sdxl_unet", "sdxl_vae"]);
+
+        vae::test_hooks::CONVERSION_DELAY_MS.set(1000);
+        let mut slow = Timings::default();
+        stage.generate(&prompt, 1, &mut slow).unwrap();
+        vae::test_hooks::CONVERSION_DELAY_MS.set(0);
+        assert_eq!(slow.stage_names(), fast.stage_names());
+        let vae_ms = slow.0["sdxl_vae"];
+        assert!(vae_ms >= 1000.0, "sdxl_vae took {vae_ms:.1} ms: the conversion is not inside it");
+        let others: f64 = slow.0.iter().filter(|(k, _)| *k != "sdxl_vae").map(|(_, v)| v).sum();
+        assert!(others < 1000.0, "the conversion was counted in another stage: {:?}", slow.0);
     }
 }

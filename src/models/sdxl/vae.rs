@@ -207,6 +207,8 @@ impl VaeDecoder {
 /// Image in [−1, 1] (1, 3, H, W) → RGB bytes, HWC. Rounds, as diffusers does when making
 /// PIL/numpy images (candle's `to_dtype(U8)` truncates, which is off by one half the time).
 pub fn to_rgb8(image: &Tensor) -> Result<(usize, usize, Vec<u8>)> {
+    #[cfg(test)]
+    std::thread::sleep(std::time::Duration::from_millis(test_hooks::CONVERSION_DELAY_MS.get()));
     let (_, c, h, w) = image.dims4()?;
     if c != 3 {
         candle_core::bail!("expected a 3-channel image, got {c}");
@@ -215,6 +217,15 @@ pub fn to_rgb8(image: &Tensor) -> Result<(usize, usize, Vec<u8>)> {
     let x = (x * 255.0)?.round()?.permute((1, 2, 0))?.flatten_all()?;
     let bytes = x.to_vec1::<f32>()?.into_iter().map(|v| v as u8).collect();
     Ok((h, w, bytes))
+}
+
+/// Lets a unit test make the image conversion measurably slow, to prove which stage's clock
+/// counts it (see the stage-timing test in `sdxl/mod.rs`).
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    thread_local! {
+        pub static CONVERSION_DELAY_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 }
 
 #[cfg(test)]
