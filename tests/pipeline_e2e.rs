@@ -67,6 +67,12 @@ fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
     for stage in ["sdxl_text_encoders", "rmbg", "partcrafter_sample", "sdf_extract", "sampling"] {
         assert!(asset.timings_ms.keys().any(|k| k.starts_with(stage)), "no {stage} timing in {:?}", asset.timings_ms);
     }
+    // The asset says where it was computed and in which precision; the log says it too.
+    let settings = &asset.pipeline.settings;
+    assert_eq!(settings["device"], "cpu", "{settings:?}");
+    assert_eq!(settings["dtypes"]["sdxl_vae"], "f32", "{settings:?}");
+    assert_eq!(settings["dtypes"]["partcrafter_sample"], "f32", "{settings:?}");
+    assert!(stderr(&o).contains("device: CPU"), "{}", stderr(&o));
     for image in ["reference.png", "mask.png", "prepared.png"] {
         let path = work.path().join("out/images").join(&asset.key).join(image);
         assert!(path.is_file(), "{} missing", path.display());
@@ -84,4 +90,7 @@ fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let run = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "partcrafter tiny end-to-end run").unwrap();
     assert_eq!(run["status"], "ok", "{run}");
+    let device = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "device").unwrap();
+    assert_eq!(device["status"], "ok", "{device}");
+    assert!(device["detail"].as_str().unwrap_or_default().contains("GEMM"), "{device}");
 }
