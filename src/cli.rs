@@ -12,6 +12,7 @@ Logs go to stderr, results to stdout (--json for machines).
 Examples:
   lumen generate chair \"office chair\" --pipeline procedural
   lumen pregenerate concepts/top50.json --store gs://my-bucket/shapes-v1 --jobs 4
+  lumen fetch --pipeline partcrafter --device cuda
   lumen preflight --store out --json
   lumen stats --store out";
 
@@ -53,8 +54,26 @@ pub enum Command {
         after_help = "Exits 2 when the store holds invalid blobs (they are listed, never fatal to the report).\n\nExamples:\n  lumen stats\n  lumen stats --store gs://bucket/prefix --json\n  lumen stats --repair    # rebuild manifest.json from the stored assets"
     )]
     Stats(StatsArgs),
+    /// Download and verify the model files a pipeline needs, without generating anything.
+    #[command(
+        after_help = "Fetches exactly the files a run reads on the given device (the .fp16 weights for cuda, f32 for cpu) into\nthe Hugging Face cache (HF_HOME / HF_HUB_CACHE), resuming partial downloads and checking every file against\nthe hub's checksum; files already cached are hashed again. With HF_HUB_OFFLINE=1 it only verifies the cache.\nExits 2 when a file is missing offline or the hub refuses it (401/403/404), 1 on network or checksum failures.\n\nExamples:\n  lumen fetch                                  # this machine's device\n  lumen fetch --device cuda                    # in a container build without a GPU\n  lumen fetch --dry-run --json                 # what would be downloaded, and how big\n  lumen fetch --revision stabilityai/sdxl-turbo=main"
+    )]
+    Fetch(FetchArgs),
     /// Measure the speed of each stage (prints a table; never part of the tests).
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// f32 weights.
+    Cpu,
+    /// f16 weights where the repo has them (the SDXL VAE stays f32).
+    Cuda,
+}
+
+/// `REPO=REV` for `--revision`.
+fn revision_arg(s: &str) -> Result<(String, String), String> {
+    crate::weights::parse_revision(s).map_err(|e| e.0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +122,32 @@ pub struct ModelArgs {
     /// Run on the CPU even in a CUDA build.
     #[arg(long)]
     pub cpu: bool,
+    /// Read REPO at revision REV (branch, tag or commit) instead of the pinned one; repeatable.
+    /// Also LUMEN_REVISION=REPO=REV,… for every command.
+    #[arg(long = "revision", value_name = "REPO=REV", value_parser = revision_arg)]
+    pub revisions: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Pipeline whose files to fetch (`procedural` needs none).
+    #[arg(long, value_enum, default_value = "partcrafter")]
+    pub pipeline: PipelineArg,
+    /// Device the runs will use; default: this machine's (cuda in a CUDA build with a GPU, else cpu).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+    /// Also fetch madebyollin/sdxl-vae-fp16-fix for `--fp16-vae` runs (instead of sdxl-turbo's VAE).
+    #[arg(long)]
+    pub fp16_vae: bool,
+    /// Fetch REPO at revision REV instead of the pinned one; repeatable.
+    #[arg(long = "revision", value_name = "REPO=REV", value_parser = revision_arg)]
+    pub revisions: Vec<(String, String)>,
+    /// Ask the hub what is missing and how big it is; download nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the file list as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,6 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod geometry;
-#[cfg(feature = "hub")]
 pub mod hub;
 pub mod models;
 pub mod pipeline;

@@ -281,7 +281,7 @@ fn partcrafter_without_weights_fails_clearly_and_falls_back_when_asked() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("partcrafter pipeline cannot run") && err.contains("stabilityai/sdxl-turbo"), "{err}");
-    assert!(err.contains("huggingface-cli download"), "{err}");
+    assert!(err.contains("lumen fetch --pipeline partcrafter --device cpu"), "{err}");
     let o = run_in(w.path(), &["generate", "chair", "--weights", "no-such-dir"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("not found under --weights no-such-dir"), "{}", stderr(&o));

@@ -12,6 +12,7 @@ use crate::pipeline::partcrafter::{ModelOptions, PartCrafterGenerator};
 use crate::shape::{ProceduralGenerator, ShapeGenerator};
 
 pub mod bench;
+pub mod fetch;
 pub mod generate;
 pub mod preflight;
 pub mod pregenerate;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Pregenerate(a) => pregenerate::run(pregenerate::PregenerateOptions::from_args(a)?),
         Command::Preflight(a) => preflight::run(preflight::PreflightOptions::from_args(a)),
         Command::Stats(a) => stats::run(&a.store.store, a.json, a.repair),
+        Command::Fetch(a) => fetch::run(fetch::FetchOptions::from(a)),
         Command::Bench(a) => bench::run(a),
     }
 }
@@ -55,6 +57,9 @@ impl From<&ModelArgs> for ModelOptions {
             force_cpu: m.cpu,
             extract_depth: m.extract_depth,
             fp16_vae: m.fp16_vae,
+            revisions: m.revisions.clone(),
+            // generate and pregenerate fetch missing weights (unless HF_HUB_OFFLINE is set).
+            download: crate::weights::DownloadOptions { enabled: true, progress: stderr_is_tty() },
         }
     }
 }

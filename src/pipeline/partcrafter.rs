@@ -33,6 +33,11 @@ pub struct ModelOptions {
     pub extract_depth: u32,
     /// SDXL: decode with the fp16-safe VAE.
     pub fp16_vae: bool,
+    /// Revision overrides, `(repo, revision)`.
+    pub revisions: Vec<(String, String)>,
+    /// Whether loading may download missing weights (off by default: only the commands that
+    /// generate turn it on, so a preflight or a test never reaches the network).
+    pub download: weights::DownloadOptions,
 }
 
 impl Default for ModelOptions {
@@ -47,6 +52,8 @@ impl Default for ModelOptions {
             force_cpu: false,
             extract_depth: 8,
             fp16_vae: false,
+            revisions: Vec::new(),
+            download: weights::DownloadOptions::default(),
         }
     }
 }
@@ -107,11 +114,14 @@ impl PartCrafterGenerator {
         self
     }
 
-    /// Loads every stage's weights (see `weights.rs` for where they are looked up): fp16 on
-    /// CUDA where the stage supports it, f32 on the CPU.
+    /// Loads every stage's weights (see `weights.rs` for where they are looked up and when
+    /// they are downloaded): fp16 on CUDA where the stage supports it, f32 on the CPU.
     pub fn load(options: &ModelOptions) -> Result<Self> {
-        let source = WeightsSource::from_env(options.weights_dir.clone());
+        let source = WeightsSource::from_env(options.weights_dir.clone()).with_revisions(&options.revisions);
         let device = select_device(options.force_cpu)?;
+        // Every missing file of every stage first, in one go: one download plan, or one error
+        // that lists them all.
+        source.ensure(weights::DeviceKind::of(&device), options.fp16_vae, options.download)?;
         let dtype = crate::device::model_dtype(&device);
 
         let sd_options = SdxlOptions {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod gcs;
+pub mod hub;
 
 use std::path::Path;
 use std::process::{Command, Output};
