@@ -174,7 +174,10 @@ pub fn parse_revision(s: &str) -> Result<(String, String), UsageError> {
     })?;
     if !ALL_REPOS.iter().any(|r| r.id == repo) {
         let known: Vec<&str> = ALL_REPOS.iter().map(|r| r.id).collect();
-        return Err(UsageError(format!("--revision {s:?}: lumen reads no repo {repo:?} (it reads {})", known.join(", "))));
+        return Err(UsageError(format!(
+            "--revision {s:?}: lumen reads no repo {repo:?} (it reads {})",
+            known.join(", ")
+        )));
     }
     Ok((repo.to_string(), rev.trim().to_string()))
 }
@@ -566,14 +569,25 @@ mod tests {
         let err = src.ensure(DeviceKind::Cuda, false, DownloadOptions::default()).unwrap_err();
         let msg = err.to_string();
         assert!(crate::error::is_usage(&err));
-        assert!(msg.contains("lumen fetch --pipeline partcrafter --device cuda --revision stabilityai/sdxl-turbo=v1"), "{msg}");
-        assert!(msg.contains("unet/diffusion_pytorch_model.fp16.safetensors") && msg.contains("(revision v1)"), "{msg}");
+        assert!(
+            msg.contains("lumen fetch --pipeline partcrafter --device cuda --revision stabilityai/sdxl-turbo=v1"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("unet/diffusion_pytorch_model.fp16.safetensors") && msg.contains("(revision v1)"),
+            "{msg}"
+        );
         assert!(msg.contains("transformer/diffusion_pytorch_model.safetensors"), "{msg}");
         assert!(!msg.contains("RMBG"), "RMBG is cached: {msg}");
-        assert!(msg.contains("hf download wgsxm/PartCrafter feature_extractor_dinov2/preprocessor_config.json"), "{msg}");
+        assert!(
+            msg.contains("hf download wgsxm/PartCrafter feature_extractor_dinov2/preprocessor_config.json"),
+            "{msg}"
+        );
         assert!(src.ensure(DeviceKind::Cpu, false, DownloadOptions::default()).is_err());
         // --weights DIR never downloads and is checked by the loaders.
-        assert!(source(tmp.path(), Some(tmp.path().into())).ensure(DeviceKind::Cpu, false, DownloadOptions::default()).is_ok());
+        assert!(source(tmp.path(), Some(tmp.path().into()))
+            .ensure(DeviceKind::Cpu, false, DownloadOptions::default())
+            .is_ok());
     }
 
     #[test]

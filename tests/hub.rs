@@ -133,9 +133,15 @@ fn rmbg_repo() -> BTreeMap<String, HubFile> {
     write_synthetic_safetensors(&specs, None, &tmp.path().join("model.safetensors")).unwrap();
     let mut files = BTreeMap::new();
     add(&mut files, "model.safetensors", std::fs::read(tmp.path().join("model.safetensors")).unwrap());
-    add(&mut files, "config.json", br#"{"in_ch": 3, "out_ch": 1, "model_type": "SegformerForSemanticSegmentation"}"#.to_vec());
+    add(
+        &mut files,
+        "config.json",
+        br#"{"in_ch": 3, "out_ch": 1, "model_type": "SegformerForSemanticSegmentation"}"#.to_vec(),
+    );
     add(&mut files, "preprocessor_config.json", br#"{"do_normalize": true, "image_std": [1.0, 1.0, 1.0]}"#.to_vec());
-    for decoy in ["model.pth", "pytorch_model.bin", "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx"] {
+    for decoy in
+        ["model.pth", "pytorch_model.bin", "onnx/model.onnx", "onnx/model_fp16.onnx", "onnx/model_quantized.onnx"]
+    {
         add(&mut files, decoy, junk(decoy));
     }
     add(&mut files, "onnx/quantize_config.json", br#"{"per_channel": false}"#.to_vec());
@@ -175,7 +181,11 @@ fn tree() -> BTreeMap<String, HubRepo> {
         let sdxl = sdxl_repo(tmp.path());
         let mut fix = BTreeMap::new();
         fix.insert("config.json".to_string(), sdxl["vae/config.json"].clone());
-        fix.insert("diffusion_pytorch_model.safetensors".to_string(), sdxl["vae/diffusion_pytorch_model.safetensors"].clone());
+        // Its own bytes (bf16 here), so the request log can tell the two VAEs apart.
+        let vae_specs = header_specs(&tmp.path().join("sdxl-turbo/vae/diffusion_pytorch_model.safetensors"));
+        let fix_file = tmp.path().join("fix.safetensors");
+        write_synthetic_safetensors(&vae_specs, Some(safetensors::Dtype::BF16), &fix_file).unwrap();
+        add(&mut fix, "diffusion_pytorch_model.safetensors", std::fs::read(&fix_file).unwrap());
         add(&mut fix, "sdxl_vae.safetensors", junk("fix single file"));
         let repo = |commit: &str, files| HubRepo { commit: commit.into(), files, token: None };
         BTreeMap::from([
@@ -257,7 +267,8 @@ fn a_first_run_downloads_only_what_the_pipeline_reads_and_a_second_runs_offline(
     let bytes: usize = downloaded
         .iter()
         .map(|p| {
-            let (repo, path) = served.keys().find_map(|r| p.strip_prefix(&format!("{r}/")).map(|f| (r.clone(), f))).unwrap();
+            let (repo, path) =
+                served.keys().find_map(|r| p.strip_prefix(&format!("{r}/")).map(|f| (r.clone(), f))).unwrap();
             served[&repo].files[path].data.len()
         })
         .sum();
@@ -276,7 +287,8 @@ fn a_first_run_downloads_only_what_the_pipeline_reads_and_a_second_runs_offline(
     assert!(rmbg.join("snapshots").join(weights::RMBG.revision).join("model.safetensors").is_file());
 
     // The asset names the commits it was made from.
-    let shapes: Vec<_> = std::fs::read_dir(work.path().join("out/shapes")).unwrap().map(|e| e.unwrap().path()).collect();
+    let shapes: Vec<_> =
+        std::fs::read_dir(work.path().join("out/shapes")).unwrap().map(|e| e.unwrap().path()).collect();
     let (asset, _) = Asset::decode(&std::fs::read(&shapes[0]).unwrap()).unwrap();
     let revs: Vec<(&str, &str)> = asset.pipeline.models.iter().map(|m| (m.id.as_str(), m.revision.as_str())).collect();
     assert_eq!(
@@ -402,7 +414,8 @@ fn a_download_killed_halfway_resumes_where_it_stopped() {
     let gets: Vec<_> = hub.requests().into_iter().filter(|r| r.path == format!("/cdn/{}", model.sha256)).collect();
     assert_eq!(gets.len(), 1, "{gets:?}");
     assert_eq!((gets[0].range.as_deref(), gets[0].status), (Some(format!("bytes={half}-").as_str()), 206));
-    let f = json_out(&o)["files"].as_array().unwrap().iter().find(|f| f["path"] == "model.safetensors").cloned().unwrap();
+    let f =
+        json_out(&o)["files"].as_array().unwrap().iter().find(|f| f["path"] == "model.safetensors").cloned().unwrap();
     assert_eq!((f["status"].as_str(), f["verified"].as_bool()), (Some("downloaded"), Some(true)));
     assert!(!part.exists());
     let blob = repo_cache(home.path(), weights::RMBG.id).join("blobs").join(&model.sha256);
@@ -447,7 +460,10 @@ fn refusals_are_named_and_transient_failures_retried() {
     let o = run(lumen_at(&hub, home.path()), &["fetch", "--device", "cpu"]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.contains("404") && err.contains("vae/diffusion_pytorch_model.safetensors of wgsxm/PartCrafter"), "{err}");
+    assert!(
+        err.contains("404") && err.contains("vae/diffusion_pytorch_model.safetensors of wgsxm/PartCrafter"),
+        "{err}"
+    );
     assert!(err.contains(weights::PARTCRAFTER.revision), "{err}");
     assert!(hub.requests().iter().all(|r| r.method == "HEAD"), "downloaded before the plan was complete");
     let o = run(lumen_at(&hub, home.path()), &["fetch", "--device", "cpu", "--revision", "wgsxm/PartCrafter=v9"]);

@@ -65,7 +65,11 @@ pub fn run(opts: FetchOptions) -> Result<u8> {
             Ok(files) => files,
             Err(problems) => {
                 let missing = source.missing(&needs);
-                let mut msg = format!("the cache {} is not usable offline:\n  {}", source.cache_dir.display(), problems.join("\n  "));
+                let mut msg = format!(
+                    "the cache {} is not usable offline:\n  {}",
+                    source.cache_dir.display(),
+                    problems.join("\n  ")
+                );
                 if !missing.is_empty() {
                     msg = source.missing_message(&missing, device, opts.fp16_vae, "HF_HUB_OFFLINE is set");
                 }

@@ -148,7 +148,8 @@ impl Client {
             let status = resp.status();
             let headers = resp.headers();
             if status.is_redirection() {
-                let loc = header(headers, LOCATION.as_str()).with_context(|| format!("{what}: redirect without Location"))?;
+                let loc =
+                    header(headers, LOCATION.as_str()).with_context(|| format!("{what}: redirect without Location"))?;
                 let relative = Url::parse(&loc).is_err();
                 let next = url.join(&loc).with_context(|| format!("{what}: bad redirect {loc:?}"))?;
                 if relative {
@@ -167,11 +168,17 @@ impl Client {
 
     /// Downloads `meta` into `dest`, appending to what `dest` already holds (a resumed
     /// download). Returns once `dest` holds `meta.size` bytes.
-    pub async fn download(&self, f: FileRef<'_>, meta: &FileMeta, dest: &Path, bar: &indicatif::ProgressBar) -> Result<()> {
+    pub async fn download(
+        &self,
+        f: FileRef<'_>,
+        meta: &FileMeta,
+        dest: &Path,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<()> {
         let what = format!("downloading {} {}", f.repo, f.path);
         let mut attempt = 0;
         loop {
-            let have = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+            let have = file_len(dest);
             if have == meta.size {
                 return Ok(());
             }
@@ -207,40 +214,51 @@ impl Client {
             if status == StatusCode::OK {
                 bar.set_position(0);
             }
-            match copy_body(resp, &mut file, bar).await {
-                Ok(()) => continue, // the loop checks the length
-                Err(BodyError::Disk(e)) => return Err(e.context(format!("writing {}", dest.display()))),
-                Err(BodyError::Network(e, progressed)) => {
-                    attempt = if progressed { 1 } else { attempt + 1 };
-                    if attempt > RETRIES {
-                        bail!("{what}: {e}, still failing after {RETRIES} retries");
-                    }
-                    backoff(&what, &format!("{e}"), attempt).await;
+            let failure = match copy_body(resp, &mut file, bar).await {
+                Ok(()) if file_len(dest) == meta.size => return Ok(()),
+                Ok(()) if file_len(dest) > meta.size => {
+                    std::fs::remove_file(dest).with_context(|| format!("removing {}", dest.display()))?;
+                    bail!("{what}: the server sent more than the {} bytes the hub announced", meta.size)
                 }
+                Ok(()) => "the body ended early".to_string(),
+                Err(BodyError::Disk(e)) => return Err(e.context(format!("writing {}", dest.display()))),
+                Err(BodyError::Network(e)) => format!("{e}"),
+            };
+            // Bytes that arrived count as progress: only failures in a row use up the retries.
+            attempt = if file_len(dest) > have { 1 } else { attempt + 1 };
+            if attempt > RETRIES {
+                bail!("{what}: {failure}, still failing after {RETRIES} retries");
             }
+            backoff(&what, &failure, attempt).await;
         }
     }
 }
 
 enum BodyError {
     Disk(anyhow::Error),
-    /// The connection failed; `true` when some bytes arrived first.
-    Network(reqwest::Error, bool),
+    /// The connection failed.
+    Network(reqwest::Error),
 }
 
-async fn copy_body(mut resp: reqwest::Response, file: &mut std::fs::File, bar: &indicatif::ProgressBar) -> Result<(), BodyError> {
-    let mut progressed = false;
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+async fn copy_body(
+    mut resp: reqwest::Response,
+    file: &mut std::fs::File,
+    bar: &indicatif::ProgressBar,
+) -> Result<(), BodyError> {
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 file.write_all(&chunk).map_err(|e| BodyError::Disk(e.into()))?;
                 bar.inc(chunk.len() as u64);
-                progressed = true;
             }
             Ok(None) => return file.flush().map_err(|e| BodyError::Disk(e.into())),
             Err(e) => {
                 let _ = file.flush();
-                return Err(BodyError::Network(e, progressed));
+                return Err(BodyError::Network(e));
             }
         }
     }
@@ -314,7 +332,8 @@ pub fn file_bar(label: &str, size: u64, visible: bool) -> indicatif::ProgressBar
     if !visible {
         return indicatif::ProgressBar::hidden();
     }
-    const TEMPLATE: &str = "{prefix:<44!} {bytes:>10} / {total_bytes:<10} {binary_bytes_per_sec:>12} [{bar:24}] {eta:>4}";
+    const TEMPLATE: &str =
+        "{prefix:<44!} {bytes:>10} / {total_bytes:<10} {binary_bytes_per_sec:>12} [{bar:24}] {eta:>4}";
     let bar = indicatif::ProgressBar::new(size).with_prefix(label.to_string());
     bar.set_style(indicatif::ProgressStyle::with_template(TEMPLATE).expect("valid template").progress_chars("=> "));
     bar

@@ -182,15 +182,18 @@ async fn download_one(client: &Client, rc: &RepoCache, item: &mut Item, progress
     let meta = item.meta.as_ref().expect("planned files have metadata");
     let f = &mut item.fetched;
     let blob = rc.blob(&meta.etag);
-    if blob.is_file() {
-        f.status = "linked";
-        return Ok(());
+    if !blob.is_file() {
+        std::fs::create_dir_all(blob.parent().unwrap_or(Path::new(".")))?;
     }
-    std::fs::create_dir_all(blob.parent().unwrap_or(Path::new(".")))?;
     let _lock = rc.lock(&meta.etag)?;
     if blob.is_file() {
-        // Another process finished it while we waited for the lock.
+        // The same bytes under another path or commit (e.g. both CLIP tokenizers' vocab), or
+        // another process finished them while we waited for the lock: check, then link.
         f.status = "linked";
+        if let Some(sum) = Checksum::from_etag(&meta.etag) {
+            cache::check_file(&blob, &sum, &format!("{} {} (cached as {})", f.repo, item.path, blob.display()))?;
+            f.verified = true;
+        }
         return Ok(());
     }
     let part = rc.incomplete(&meta.etag);
@@ -277,7 +280,12 @@ pub fn verify_offline(cache_dir: &Path, wants: &[Want]) -> Result<std::result::R
                 Some(sum) => match cache::verify_file(&blob, &sum)? {
                     None => true,
                     Some(actual) => {
-                        bad.push(format!("{} {path}: {} mismatch (blob {}, got {actual})", want.repo, sum.kind(), etag));
+                        bad.push(format!(
+                            "{} {path}: {} mismatch (blob {}, got {actual})",
+                            want.repo,
+                            sum.kind(),
+                            etag
+                        ));
                         continue;
                     }
                 },

@@ -36,7 +36,8 @@ pub struct HubFile {
 impl HubFile {
     /// Weights and exports are LFS files on the hub; configs and tokenizer files are not.
     pub fn new(path: &str, data: Vec<u8>) -> Self {
-        let lfs = [".safetensors", ".onnx", ".onnx_data", ".bin", ".pth", ".png", ".jpg"].iter().any(|e| path.ends_with(e));
+        let lfs =
+            [".safetensors", ".onnx", ".onnx_data", ".bin", ".pth", ".png", ".jpg"].iter().any(|e| path.ends_with(e));
         let sha256 = hex(&sha2::Sha256::digest(&data));
         let mut h = sha1::Sha1::new();
         h.update(format!("blob {}\0", data.len()).as_bytes());
