@@ -87,10 +87,15 @@ pub fn fetch(cache_dir: &Path, config: HubConfig, wants: &[Want], opts: FetchOpt
             return Ok(items.into_iter().map(|i| i.fetched).collect());
         }
         let caches: Vec<RepoCache> = wants.iter().map(|w| RepoCache::new(cache_dir, &w.repo)).collect();
-        let todo: Vec<&Item> =
-            items.iter().filter(|i| i.meta.is_some() && !caches[i.want].blob(&i.fetched.checksum).is_file()).collect();
+        // Each blob once: both CLIP tokenizers share their vocab and merges.
+        let mut todo = std::collections::BTreeMap::new();
+        for i in items.iter().filter(|i| i.meta.is_some()) {
+            if !caches[i.want].blob(&i.fetched.checksum).is_file() {
+                todo.insert((i.want, i.fetched.checksum.as_str()), i.fetched.size);
+            }
+        }
         if !todo.is_empty() {
-            let total: u64 = todo.iter().map(|i| i.fetched.size).sum();
+            let total: u64 = todo.values().sum();
             log(&format!(
                 "downloading {} file(s), {}, from {} into {}",
                 todo.len(),
