@@ -40,7 +40,7 @@ impl From<FetchArgs> for FetchOptions {
 
 /// What a run on this machine would use: CUDA in a CUDA build that sees a GPU, else the CPU.
 pub fn local_device_kind() -> DeviceKind {
-    match crate::pipeline::partcrafter::select_device(false) {
+    match crate::device::select_device(false) {
         Ok(d) => DeviceKind::of(&d),
         Err(_) => DeviceKind::Cpu,
     }
