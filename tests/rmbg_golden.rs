@@ -271,6 +271,7 @@ fn rmbg_golden_prepare_image_end_to_end() {
         weights_dir: Some(weights.path().to_path_buf()),
         cache_dir: weights.path().join("no-cache"),
         offline: true,
+        revisions: Default::default(),
     };
     let stage = RmbgStage::load(&source, &Device::Cpu).unwrap();
     let size = prepare::MODEL_SIZE;

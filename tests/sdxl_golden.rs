@@ -225,6 +225,7 @@ fn sdxl_golden_pipeline() {
         weights_dir: Some(tmp.path().to_path_buf()),
         cache_dir: tmp.path().join("no-cache"),
         offline: true,
+        revisions: Default::default(),
     };
     let stage = SdxlTurbo::load(&source, &Device::Cpu, &options_from(&manifest)).unwrap();
     let prompt = manifest["cases"]["pipeline"]["prompt"].as_str().unwrap();
@@ -284,6 +285,7 @@ fn sdxl_golden_stage_generate_is_seeded() {
         weights_dir: Some(tmp.path().to_path_buf()),
         cache_dir: tmp.path().join("no-cache"),
         offline: true,
+        revisions: Default::default(),
     };
     let mut opts = options_from(&manifest);
     opts.steps = 2;
