@@ -617,7 +617,9 @@ mod tests {
 
         let bad = tmp.path().join("bad.safetensors");
         std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
-        let err = open_safetensors(&[bad.clone()], DType::F32, &Device::Cpu).err().expect("corrupt file rejected");
+        let err = open_safetensors(std::slice::from_ref(&bad), DType::F32, &Device::Cpu)
+            .err()
+            .expect("corrupt file rejected");
         assert!(
             err.to_string().contains("corrupt or truncated") && err.to_string().contains("bad.safetensors"),
             "{err:#}"
