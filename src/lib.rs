@@ -5,6 +5,7 @@
 
 pub mod asset;
 pub mod attention;
+pub mod checkpoint;
 pub mod bench;
 pub mod cli;
 pub mod commands;

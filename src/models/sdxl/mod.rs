@@ -111,7 +111,7 @@ pub struct SdxlTurbo {
 
 /// The checkpoint file of one component folder: the fp16 variant first when `half`,
 /// the full-precision file first otherwise; either is converted to the run's dtype.
-fn component_weights(dir: &Path, base: &str, half: bool) -> Result<PathBuf> {
+pub fn component_weights(dir: &Path, base: &str, half: bool) -> Result<PathBuf> {
     let full = dir.join(format!("{base}.safetensors"));
     let fp16 = dir.join(format!("{base}.fp16.safetensors"));
     let order = if half { [&fp16, &full] } else { [&full, &fp16] };
