@@ -217,29 +217,39 @@ fn placeholder(shape: &Shape, dtype: DType, dev: &Device) -> candle_core::Result
     Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
 }
 
+/// A plain message: these errors are the user's to read (candle's `bail!` would append a
+/// backtrace to the text when `RUST_BACKTRACE` is set).
+fn msg(text: String) -> candle_core::Error {
+    candle_core::Error::Msg(text)
+}
+
 fn is_float(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
 }
 
 impl SimpleBackend for StructureBackend {
     fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.requested.lock().unwrap_or_else(|p| p.into_inner()).push(Expected {
-            name: name.to_string(),
-            shape: s.dims().to_vec(),
-        });
+        self.requested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Expected { name: name.to_string(), shape: s.dims().to_vec() });
         if let Some(headers) = &self.headers {
             let Some(&i) = self.index.get(name) else {
-                candle_core::bail!("tensor {name} {:?} is missing from {}", s.dims(), self.files());
+                return Err(msg(format!("tensor {name} {:?} is missing from {}", s.dims(), self.files())));
             };
             let (path, info) = (headers[i].path.display(), headers[i].tensor(name).expect("indexed"));
             if info.shape != s.dims() {
-                candle_core::bail!("tensor {name} in {path} has shape {:?}, the model expects {:?}", info.shape, s.dims());
+                return Err(msg(format!(
+                    "tensor {name} in {path} has shape {:?}, the model expects {:?}",
+                    info.shape,
+                    s.dims()
+                )));
             }
             if !is_float(info.dtype) {
-                candle_core::bail!(
+                return Err(msg(format!(
                     "tensor {name} in {path} has dtype {:?}, the model needs a float tensor (F32, F16 or BF16)",
                     info.dtype
-                );
+                )));
             }
         }
         placeholder(&s, dtype, dev)
@@ -247,7 +257,7 @@ impl SimpleBackend for StructureBackend {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let Some((headers, &i)) = self.headers.as_ref().zip(self.index.get(name)) else {
-            candle_core::bail!("tensor {name} is missing from {}", self.files());
+            return Err(msg(format!("tensor {name} is missing from {}", self.files())));
         };
         let shape = Shape::from(headers[i].tensor(name).expect("indexed").shape.clone());
         self.requested
@@ -296,9 +306,8 @@ fn construct(model: Model, root: &Path, dir: &Path, vb: VarBuilder) -> Result<()
         }
         Model::ImageEncoder => {
             let cfg: Dinov2Config = weights::read_config(dir)?;
-            let pre: PreprocessConfig = optional_json(
-                &root.join(partcrafter::FEATURE_EXTRACTOR_DIR).join("preprocessor_config.json"),
-            )?;
+            let pre: PreprocessConfig =
+                optional_json(&root.join(partcrafter::FEATURE_EXTRACTOR_DIR).join("preprocessor_config.json"))?;
             let crop = match (pre.crop_size.height, pre.crop_size.width) {
                 (Some(h), Some(w)) if pre.do_center_crop => Some((h, w)),
                 _ => None,
@@ -378,7 +387,9 @@ pub fn check_pipeline(source: &WeightsSource, half: bool, fp16_vae: bool) -> Res
             _ => pc.dir.as_path(),
         };
         match (&fix, c.model) {
-            (Some(fix), Model::SdxlVae) => jobs.push((Component::new(SDXL_VAE_FP16_FIX, "", c.model), fix.dir.as_path())),
+            (Some(fix), Model::SdxlVae) => {
+                jobs.push((Component::new(SDXL_VAE_FP16_FIX, "", c.model), fix.dir.as_path()))
+            }
             _ => jobs.push((c, root)),
         }
     }
@@ -468,7 +479,8 @@ mod tests {
             t("a.weight", Dtype::F32, &[3]),
             t("c", Dtype::F16, &[5]),
         ];
-        let data: Vec<Vec<u8>> = tensors.iter().map(|(_, d, s)| vec![0u8; data_len(&[t("", *d, s)]) as usize]).collect();
+        let data: Vec<Vec<u8>> =
+            tensors.iter().map(|(_, d, s)| vec![0u8; data_len(&[t("", *d, s)]) as usize]).collect();
         let views: Vec<_> = tensors
             .iter()
             .zip(&data)

@@ -5,8 +5,8 @@
 
 pub mod asset;
 pub mod attention;
-pub mod checkpoint;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod concept;

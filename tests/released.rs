@@ -219,7 +219,11 @@ fn released_parameter_counts_and_file_sizes() {
                 }
                 (Some(want), true) => check(
                     size < want,
-                    format!("decoder-only size {} below released {} (the rest is the encoder)", commas(size), commas(want)),
+                    format!(
+                        "decoder-only size {} below released {} (the rest is the encoder)",
+                        commas(size),
+                        commas(want)
+                    ),
                 ),
                 (None, true) => check(true, format!("decoder-only size {} (released size unknown)", commas(size))),
                 (None, false) => {
@@ -301,10 +305,18 @@ fn released_stages_construct_from_header_only_checkpoints() {
         println!("half={half}: every stage built against the headers in {:.1} s", start.elapsed().as_secs_f64());
         assert_eq!(reports.len(), PIPELINE.len());
         for r in &reports {
-            let names: Vec<_> = r.files.iter().map(|f| f.strip_prefix(tmp.path()).unwrap().display().to_string()).collect();
-            println!("half={half:<5} {:<40} {:>4} tensors {:>15} params  {}", r.component.label(), r.tensors, commas(r.params), names.join(", "));
+            let names: Vec<_> =
+                r.files.iter().map(|f| f.strip_prefix(tmp.path()).unwrap().display().to_string()).collect();
+            println!(
+                "half={half:<5} {:<40} {:>4} tensors {:>15} params  {}",
+                r.component.label(),
+                r.tensors,
+                commas(r.params),
+                names.join(", ")
+            );
             let fp16 = names.iter().all(|n| n.contains(".fp16."));
-            let sdxl_half = half && r.component.repo.id == "stabilityai/sdxl-turbo" && r.component.model != Model::SdxlVae;
+            let sdxl_half =
+                half && r.component.repo.id == "stabilityai/sdxl-turbo" && r.component.model != Model::SdxlVae;
             assert_eq!(fp16, sdxl_half, "{names:?}");
         }
     }

@@ -352,7 +352,13 @@ fn sdxl_golden_non_square_size() {
         assert_eq!(stage.latent_shape(), (1, channels, h / 8, w / 8), "latents for {h}x{w}");
         let unit = Tensor::randn(0f32, 1f32, stage.latent_shape(), &Device::Cpu).unwrap();
         let trace = stage
-            .run(&ids_1, &ids_2, &unit, |_| Tensor::zeros(unit.shape(), DType::F32, &Device::Cpu).map_err(Into::into), &mut timings)
+            .run(
+                &ids_1,
+                &ids_2,
+                &unit,
+                |_| Tensor::zeros(unit.shape(), DType::F32, &Device::Cpu).map_err(Into::into),
+                &mut timings,
+            )
             .unwrap();
         let time_ids: Vec<f32> = trace.time_ids.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(time_ids, [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32], "time_ids for {h}x{w}");

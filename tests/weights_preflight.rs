@@ -64,7 +64,9 @@ fn preflight_names_the_damaged_file_or_tensor() {
     let cases: Vec<(&str, Damage, Vec<&str>)> = vec![
         (
             "missing file",
-            Box::new(|w: &Path| std::fs::remove_file(w.join("sdxl-turbo/vae/diffusion_pytorch_model.safetensors")).unwrap()),
+            Box::new(|w: &Path| {
+                std::fs::remove_file(w.join("sdxl-turbo/vae/diffusion_pytorch_model.safetensors")).unwrap()
+            }),
             vec!["sdxl-turbo/vae/diffusion_pytorch_model.safetensors", "download stabilityai/sdxl-turbo again"],
         ),
         (
@@ -83,7 +85,11 @@ fn preflight_names_the_damaged_file_or_tensor() {
                     s.iter_mut().find(|t| t.name == "side1.weight").unwrap().shape = vec![1, 64, 1, 1];
                 })
             }),
-            vec!["tensor side1.weight", "has shape [1, 64, 1, 1], the model expects [1, 64, 3, 3]", "download briaai/RMBG-1.4 again"],
+            vec![
+                "tensor side1.weight",
+                "has shape [1, 64, 1, 1], the model expects [1, 64, 3, 3]",
+                "download briaai/RMBG-1.4 again",
+            ],
         ),
         (
             "wrong dtype",
@@ -93,7 +99,11 @@ fn preflight_names_the_damaged_file_or_tensor() {
                     s.iter_mut().find(|t| t.name.ends_with("layernorm.weight")).unwrap().dtype = "int64".into();
                 })
             }),
-            vec!["layernorm.weight", "has dtype I64, the model needs a float tensor", "image_encoder_dinov2/model.safetensors"],
+            vec![
+                "layernorm.weight",
+                "has dtype I64, the model needs a float tensor",
+                "image_encoder_dinov2/model.safetensors",
+            ],
         ),
     ];
     for (what, damage, needles) in cases {
@@ -123,7 +133,9 @@ fn generate_fails_the_concept_and_keeps_what_is_stored() {
     assert_eq!(check(&v, "partcrafter weights")["status"], "ok");
     println!("intact: {}", check(&v, "partcrafter weights")["detail"]);
 
-    let gen = |args: &[&str]| lumen().current_dir(work.path()).args(["generate", "--json", "--store", "out"]).args(args).output().unwrap();
+    let gen = |args: &[&str]| {
+        lumen().current_dir(work.path()).args(["generate", "--json", "--store", "out"]).args(args).output().unwrap()
+    };
     let o = gen(&["table", "--pipeline", "procedural"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let shapes = work.path().join("out/shapes");

@@ -71,14 +71,16 @@ impl DitConfig {
         match (&self.global_attn_block_ids, &self.global_attn_block_id_range) {
             (Some(ids), _) => Ok(ids.clone()),
             (None, Some(r)) if r.len() == 2 && r[0] <= r[1] => Ok((r[0]..=r[1]).collect()),
-            (None, Some(r)) => candle_core::bail!(
+            // Plain messages (no backtrace in the text): a config error is the user's to fix.
+            (None, Some(r)) => Err(candle_core::Error::Msg(format!(
                 "global_attn_block_id_range must be [first, last] with first <= last, got {r:?}"
-            ),
-            (None, None) => candle_core::bail!(
+            ))),
+            (None, None) => Err(candle_core::Error::Msg(
                 "the DiT config sets neither global_attn_block_ids nor global_attn_block_id_range: it must \
                  name the blocks that attend across parts (the released transformer/config.json lists \
                  [0, 2, ..., 20]); without them every block would attend within one part only"
-            ),
+                    .into(),
+            )),
         }
     }
 
