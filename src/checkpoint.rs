@@ -511,6 +511,8 @@ mod tests {
         assert!(err.contains("truncated") && err.contains("80 bytes of tensor data, the file holds 79"), "{err}");
         f.set_len(12).unwrap();
         assert!(read_header(&path).unwrap_err().to_string().contains("the header needs"));
+        write_header_only(&path, &tensors, None).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(size + 3).unwrap();
         assert!(read_header(&path).unwrap_err().to_string().contains("3 bytes follow"));
         std::fs::write(&path, b"{\"not\": \"safetensors\"}").unwrap();
