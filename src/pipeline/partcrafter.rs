@@ -116,7 +116,7 @@ impl PartCrafterGenerator {
 
         // Headers first (seconds): a damaged or foreign checkpoint is named by file and tensor
         // before gigabytes are mapped, with the same message preflight gives.
-        crate::checkpoint::check_pipeline(&source, dtype == DType::F16, options.fp16_vae)?;
+        crate::checkpoint::check_pipeline(&source, dtype != DType::F32, options.fp16_vae)?;
 
         let sd_options = SdxlOptions {
             steps: options.sd_steps,
