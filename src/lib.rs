@@ -6,6 +6,7 @@
 pub mod asset;
 pub mod attention;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod concept;

@@ -208,7 +208,8 @@ fn options_from(manifest: &Value) -> SdxlOptions {
     let p = &manifest["config"]["pipeline"];
     SdxlOptions {
         steps: p["num_inference_steps"].as_u64().unwrap() as usize,
-        size: Some(p["height"].as_u64().unwrap() as usize),
+        height: Some(p["height"].as_u64().unwrap() as usize),
+        width: Some(p["width"].as_u64().unwrap() as usize),
         ..Default::default()
     }
 }
@@ -296,7 +297,7 @@ fn sdxl_golden_stage_generate_is_seeded() {
     let b = stage.generate(&prompt, 7, &mut timings).unwrap();
     let c = stage.generate(&prompt, 8, &mut timings).unwrap();
     // The size is left to the checkpoint: unet sample_size × VAE scale factor (diffusers' default).
-    opts.size = None;
+    (opts.height, opts.width) = (None, None);
     let default_size = SdxlTurbo::load(&source, &Device::Cpu, &opts).unwrap();
     let a2 = default_size.generate(&prompt, 7, &mut timings).unwrap();
     let want = manifest["config"]["pipeline"]["height"].as_u64().unwrap() as u32;
@@ -324,6 +325,57 @@ fn sdxl_golden_stage_generate_is_seeded() {
     let err = format!("{:#}", SdxlTurbo::load(&source, &Device::Cpu, &opts).err().unwrap());
     println!("missing file error: {err}");
     assert!(err.contains("vae/diffusion_pytorch_model.safetensors"), "{err}");
+}
+
+/// Height and width are independent, as in diffusers: a 64×48 (h×w) image on the tiny
+/// checkpoint has 8×6 latents, `time_ids` [h, w, 0, 0, h, w], and comes out 48 wide and 64
+/// high; the transposed size is another image, not a rotated copy of a square one.
+#[test]
+fn sdxl_golden_non_square_size() {
+    let (dir, manifest) = component("sdxl");
+    let tmp = tempdir();
+    write_repo(tmp.path(), &dir);
+    let source = WeightsSource {
+        weights_dir: Some(tmp.path().to_path_buf()),
+        cache_dir: tmp.path().join("no-cache"),
+        offline: true,
+    };
+    let load = |height, width| {
+        let opts = SdxlOptions { height: Some(height), width: Some(width), ..options_from(&manifest) };
+        SdxlTurbo::load(&source, &Device::Cpu, &opts).unwrap()
+    };
+    let prompt = sdxl::canonical_prompt("chair");
+    let (ids_1, ids_2) = load(64, 64).tokenize(&prompt).unwrap();
+    let mut timings = Timings::default();
+    let mut images = Vec::new();
+    for (h, w) in [(64, 48), (48, 64)] {
+        let stage = load(h, w);
+        let channels = stage.latent_shape().1;
+        assert_eq!(stage.latent_shape(), (1, channels, h / 8, w / 8), "latents for {h}x{w}");
+        let unit = Tensor::randn(0f32, 1f32, stage.latent_shape(), &Device::Cpu).unwrap();
+        let trace = stage
+            .run(
+                &ids_1,
+                &ids_2,
+                &unit,
+                |_| Tensor::zeros(unit.shape(), DType::F32, &Device::Cpu).map_err(Into::into),
+                &mut timings,
+            )
+            .unwrap();
+        let time_ids: Vec<f32> = trace.time_ids.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(time_ids, [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32], "time_ids for {h}x{w}");
+        assert_eq!(trace.image.dims(), [1, 3, h, w], "decoded image for {h}x{w}");
+        let image = stage.generate(&prompt, 7, &mut timings).unwrap();
+        assert_eq!((image.height() as usize, image.width() as usize), (h, w));
+        println!("non-square: {h}x{w} → latents {:?}, time_ids {time_ids:?}", stage.latent_shape());
+        images.push(image);
+    }
+    let transposed = image::imageops::rotate90(&images[1]);
+    assert_ne!(images[0].as_raw(), transposed.as_raw(), "64x48 is its own image");
+    // A side that is not a multiple of the VAE's scale factor is refused, naming which side.
+    let opts = SdxlOptions { height: Some(64), width: Some(44), ..options_from(&manifest) };
+    let err = SdxlTurbo::load(&source, &Device::Cpu, &opts).err().expect("width 44 refused").to_string();
+    assert!(err.contains("width 44"), "{err}");
 }
 
 /// `lumen bench sdxl` without the CLI: real SDXL Turbo sizes, synthetic weights, CPU f32.

@@ -254,7 +254,16 @@ pub fn entry_from_blob(store: &Store, key: &str) -> Option<crate::store::Manifes
 pub fn run(opts: GenerateOptions) -> Result<u8> {
     let store = Store::open(&opts.store, &StoreOptions::from_env())?;
     let catalog = super::optional_catalog(&opts.catalog)?;
-    let gens = load_generators(opts.pipeline, opts.fallback, &opts.model)?;
+    let gens = match load_generators(opts.pipeline, opts.fallback, &opts.model) {
+        Ok(g) => g,
+        // Weights that cannot be found are a configuration error (exit 2). Weights that are
+        // there but damaged fail each concept that needs them, with the reason (file, tensor,
+        // what to do); concepts already stored are still reported and nothing stored is touched.
+        Err(e) if !crate::error::is_usage(&e) => {
+            super::Generators { primary: None, primary_error: Some(format!("{e:#}")), fallback: None }
+        }
+        Err(e) => return Err(e),
+    };
     let mut results = Vec::new();
     for c in &opts.concepts {
         let request = request_for(c, catalog.as_ref(), opts.parts, opts.seed, opts.points);

@@ -40,8 +40,22 @@ impl PreflightOptions {
     }
 }
 
+const HEADERS_CHECK: &str = "partcrafter weights (safetensors headers)";
 const LOAD_CHECK: &str = "partcrafter pipeline (weights resolve and load)";
 const RUN_CHECK: &str = "partcrafter tiny end-to-end run";
+
+/// Every weights file the pipeline would load, from its header only (seconds, no weights
+/// read): present, complete, every tensor each stage's constructor asks for with the right
+/// shape and a float dtype. See `checkpoint.rs`.
+fn weights_headers(model: &ModelOptions) -> Result<String> {
+    let source = crate::weights::WeightsSource::from_env(model.weights_dir.clone());
+    let half = select_device(model.force_cpu)?.is_cuda();
+    let reports = crate::checkpoint::check_pipeline(&source, half, model.fp16_vae)?;
+    let files: usize = reports.iter().map(|r| r.files.len()).sum();
+    let tensors: usize = reports.iter().map(|r| r.tensors).sum();
+    let params: u64 = reports.iter().map(|r| r.params).sum();
+    Ok(format!("{files} files, {tensors} tensors, {:.2} G parameters as the stages expect", params as f64 / 1e9))
+}
 
 /// One concept through every model stage at the smallest settings (1 part, 1 step, 16 tokens,
 /// a 32³ extraction lattice): proves the device runs each stage, in seconds on a GPU.
@@ -131,16 +145,24 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
             extract_depth: 5,
             ..Default::default()
         };
+        let headers = check(HEADERS_CHECK, || weights_headers(&model));
+        let headers_ok = headers.status == "ok";
+        checks.push(headers);
         let mut loaded = None;
-        checks.push(check(LOAD_CHECK, || {
-            loaded = Some(PartCrafterGenerator::load(&model)?);
-            Ok("every stage loaded".into())
-        }));
+        if headers_ok {
+            checks.push(check(LOAD_CHECK, || {
+                loaded = Some(PartCrafterGenerator::load(&model)?);
+                Ok("every stage loaded".into())
+            }));
+        } else {
+            checks.push(skipped(LOAD_CHECK, "the weights headers did not pass"));
+        }
         match loaded {
             Some(generator) => checks.push(check(RUN_CHECK, || tiny_model_run(&generator))),
             None => checks.push(skipped(RUN_CHECK, "the pipeline did not load")),
         }
     } else {
+        checks.push(skipped(HEADERS_CHECK, "--pipeline procedural"));
         checks.push(skipped(LOAD_CHECK, "--pipeline procedural"));
         checks.push(skipped(RUN_CHECK, "--pipeline procedural"));
     }

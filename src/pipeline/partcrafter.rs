@@ -124,6 +124,10 @@ impl PartCrafterGenerator {
         source.ensure(weights::DeviceKind::of(&device), options.fp16_vae, options.download)?;
         let dtype = crate::device::model_dtype(&device);
 
+        // Headers first (seconds): a damaged or foreign checkpoint is named by file and tensor
+        // before gigabytes are mapped, with the same message preflight gives.
+        crate::checkpoint::check_pipeline(&source, dtype != DType::F32, options.fp16_vae)?;
+
         let sd_options = SdxlOptions {
             steps: options.sd_steps,
             keep_images: options.keep_images,

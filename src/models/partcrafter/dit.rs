@@ -61,12 +61,26 @@ pub struct DitConfig {
 }
 
 impl DitConfig {
-    /// Global blocks: the explicit list, else the inclusive range, else none.
-    pub fn global_blocks(&self) -> Vec<usize> {
+    /// Global blocks: the explicit list, else the inclusive range `[first, last]`.
+    ///
+    /// The reference falls back to *no* global block when both keys are missing or null; the
+    /// released model has eleven, so a config without either would silently run a different
+    /// network (parts that never see each other). That is an error here, as is a malformed
+    /// range. An explicit empty list is taken at its word.
+    pub fn global_blocks(&self) -> Result<Vec<usize>> {
         match (&self.global_attn_block_ids, &self.global_attn_block_id_range) {
-            (Some(ids), _) => ids.clone(),
-            (None, Some(r)) if r.len() == 2 => (r[0]..=r[1]).collect(),
-            _ => Vec::new(),
+            (Some(ids), _) => Ok(ids.clone()),
+            (None, Some(r)) if r.len() == 2 && r[0] <= r[1] => Ok((r[0]..=r[1]).collect()),
+            // Plain messages (no backtrace in the text): a config error is the user's to fix.
+            (None, Some(r)) => Err(candle_core::Error::Msg(format!(
+                "global_attn_block_id_range must be [first, last] with first <= last, got {r:?}"
+            ))),
+            (None, None) => Err(candle_core::Error::Msg(
+                "the DiT config sets neither global_attn_block_ids nor global_attn_block_id_range: it must \
+                 name the blocks that attend across parts (the released transformer/config.json lists \
+                 [0, 2, ..., 20]); without them every block would attend within one part only"
+                    .into(),
+            )),
         }
     }
 
@@ -78,7 +92,8 @@ impl DitConfig {
         let d = self.width as f64;
         let l = (tokens + 1) as f64;
         let m = cond_len as f64;
-        let global = self.global_blocks();
+        // A config without global blocks cannot build a DiT (see `global_blocks`); count none.
+        let global = self.global_blocks().unwrap_or_default();
         let mut per_row = 0.0;
         for i in 0..self.num_layers {
             per_row += 8.0 * l * d * d; // self q, k, v, out
@@ -101,7 +116,7 @@ impl DitConfig {
     /// computes once per sampling run (first row of each group only in global blocks).
     pub fn cond_flops(&self, rows: usize, num_parts: usize, cond_len: usize, reference: bool) -> f64 {
         let per_row = 4.0 * cond_len as f64 * self.cross_attention_dim as f64 * self.width as f64;
-        let global = self.global_blocks();
+        let global = self.global_blocks().unwrap_or_default();
         (0..self.num_layers)
             .map(|i| {
                 let r = if global.contains(&i) && !reference { rows / num_parts.max(1) } else { rows };
@@ -152,7 +167,7 @@ impl PartCrafterDit {
         if d % 2 != 0 {
             candle_core::bail!("DiT width {d} must be even (sinusoidal time embedding)");
         }
-        let global_ids = cfg.global_blocks();
+        let global_ids = cfg.global_blocks()?;
         if let Some(&bad) = global_ids.iter().find(|&&i| i >= cfg.num_layers) {
             candle_core::bail!("global_attn_block_ids names block {bad} but the DiT has {}", cfg.num_layers);
         }
@@ -409,4 +424,39 @@ pub fn tensor_specs(cfg: &DitConfig) -> Vec<crate::synth::TensorSpec> {
     s.push(TensorSpec::f32("proj_out.weight", &[cfg.in_channels, d]));
     s.push(TensorSpec::f32("proj_out.bias", &[cfg.in_channels]));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> DitConfig {
+        serde_json::from_str(&format!("{{\"num_layers\": 5{extra}}}")).unwrap()
+    }
+
+    #[test]
+    fn global_blocks_come_from_the_list_or_the_range() {
+        assert_eq!(config(r#", "global_attn_block_ids": [0, 2, 4]"#).global_blocks().unwrap(), [0, 2, 4]);
+        let both = r#", "global_attn_block_ids": [1], "global_attn_block_id_range": [0, 4]"#;
+        assert_eq!(config(both).global_blocks().unwrap(), [1], "the list wins, as in the reference");
+        let range = r#", "global_attn_block_ids": null, "global_attn_block_id_range": [1, 3]"#;
+        assert_eq!(config(range).global_blocks().unwrap(), [1, 2, 3], "the range is inclusive");
+        assert_eq!(config(r#", "global_attn_block_ids": []"#).global_blocks().unwrap(), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_config_without_global_blocks_is_an_error() {
+        for extra in ["", r#", "global_attn_block_ids": null, "global_attn_block_id_range": null"#] {
+            let err = config(extra).global_blocks().unwrap_err().to_string();
+            assert!(err.contains("global_attn_block_ids") && err.contains("global_attn_block_id_range"), "{err}");
+            // The constructor refuses it before reading any weight.
+            let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+            let err = PartCrafterDit::new(vb, &config(extra)).err().expect("no DiT without global blocks");
+            assert!(err.to_string().contains("neither global_attn_block_ids"), "{err}");
+        }
+        for bad in ["[3]", "[3, 1]", "[0, 1, 2]"] {
+            let err = config(&format!(r#", "global_attn_block_id_range": {bad}"#)).global_blocks().unwrap_err();
+            assert!(err.to_string().contains("[first, last]"), "{bad}: {err}");
+        }
+    }
 }

@@ -47,9 +47,11 @@ const DEFAULT_SIZE: usize = 512;
 pub struct SdxlOptions {
     /// Sampling steps, 1..=[`MAX_STEPS`].
     pub steps: usize,
-    /// Image side in pixels (a multiple of the VAE's 8). `None`: the UNet's `sample_size`
+    /// Image height and width in pixels, each a multiple of the VAE's scale factor (8) and
+    /// independent of the other, as diffusers takes them. `None`: the UNet's `sample_size`
     /// times the VAE's scale factor, as diffusers defaults (512 for SDXL Turbo).
-    pub size: Option<usize>,
+    pub height: Option<usize>,
+    pub width: Option<usize>,
     /// Save the reference image beside the asset (the driver does it with [`image_path_for`]).
     pub keep_images: bool,
     /// Decode with `madebyollin/sdxl-vae-fp16-fix` in half precision on CUDA instead of the
@@ -59,7 +61,7 @@ pub struct SdxlOptions {
 
 impl Default for SdxlOptions {
     fn default() -> Self {
-        Self { steps: 1, size: None, keep_images: false, fp16_fix_vae: false }
+        Self { steps: 1, height: None, width: None, keep_images: false, fp16_fix_vae: false }
     }
 }
 
@@ -109,7 +111,7 @@ pub struct SdxlTurbo {
 
 /// The checkpoint file of one component folder: the fp16 variant first when `half`,
 /// the full-precision file first otherwise; either is converted to the run's dtype.
-fn component_weights(dir: &Path, base: &str, half: bool) -> Result<PathBuf> {
+pub fn component_weights(dir: &Path, base: &str, half: bool) -> Result<PathBuf> {
     let full = dir.join(format!("{base}.safetensors"));
     let fp16 = dir.join(format!("{base}.fp16.safetensors"));
     let order = if half { [&fp16, &full] } else { [&full, &fp16] };
@@ -202,11 +204,14 @@ impl SdxlTurbo {
         };
 
         let scale = vae.config.scale_factor();
-        let size = options.size.unwrap_or_else(|| unet.config.sample_size.map_or(DEFAULT_SIZE, |s| s * scale));
-        if size == 0 || size % scale != 0 {
-            bail!("image size {size} is not a positive multiple of {scale}");
+        let default = unet.config.sample_size.map_or(DEFAULT_SIZE, |s| s * scale);
+        let (height, width) = (options.height.unwrap_or(default), options.width.unwrap_or(default));
+        for (what, v) in [("height", height), ("width", width)] {
+            if v == 0 || v % scale != 0 {
+                bail!("image {what} {v} is not a positive multiple of {scale}");
+            }
         }
-        let options = SdxlOptions { size: Some(size), ..options.clone() };
+        let options = SdxlOptions { height: Some(height), width: Some(width), ..options.clone() };
         Ok(Self {
             tokenizer_1,
             tokenizer_2,
@@ -222,14 +227,14 @@ impl SdxlTurbo {
         })
     }
 
-    /// The options in effect (`size` resolved).
+    /// The options in effect (`height` and `width` resolved).
     pub fn options(&self) -> &SdxlOptions {
         &self.options
     }
 
-    /// Image side in pixels.
-    pub fn size(&self) -> usize {
-        self.options.size.unwrap_or(DEFAULT_SIZE)
+    /// Image (height, width) in pixels.
+    pub fn image_size(&self) -> (usize, usize) {
+        (self.options.height.unwrap_or(DEFAULT_SIZE), self.options.width.unwrap_or(DEFAULT_SIZE))
     }
 
     /// Both tokenizers' 77 ids for a prompt.
@@ -248,10 +253,19 @@ impl SdxlTurbo {
         Ok((prompt_embeds, text_embeds))
     }
 
-    /// The latent shape for the configured image size.
+    /// The latent shape (1, channels, height / 8, width / 8) for the configured image size.
     pub fn latent_shape(&self) -> (usize, usize, usize, usize) {
-        let s = self.size() / self.vae.config.scale_factor();
-        (1, self.unet.config.in_channels, s, s)
+        let (h, w) = self.image_size();
+        let s = self.vae.config.scale_factor();
+        (1, self.unet.config.in_channels, h / s, w / s)
+    }
+
+    /// SDXL's `add_time_ids` as diffusers builds them: original size (h, w), crop top-left
+    /// (0, 0), target size (h, w); lumen neither crops nor resizes, so both sizes are the image's.
+    pub fn time_ids(&self) -> Result<Tensor> {
+        let (h, w) = self.image_size();
+        let (h, w) = (h as f32, w as f32);
+        Ok(Tensor::new(&[[h, w, 0.0, 0.0, h, w]], &self.device)?.to_dtype(self.dtype)?)
     }
 
     /// The whole stage from token ids. `unit_latents` are N(0,1) initial latents (scaled by
@@ -266,9 +280,7 @@ impl SdxlTurbo {
         timings: &mut Timings,
     ) -> Result<Trace> {
         let (prompt_embeds, text_embeds) = timings.time("sdxl_text_encoders", || self.encode(ids_1, ids_2))?;
-        let size = self.size() as f32;
-        // add_time_ids: original size, crop top-left, target size (no crop, same size).
-        let time_ids = Tensor::new(&[[size, size, 0.0, 0.0, size, size]], &self.device)?.to_dtype(self.dtype)?;
+        let time_ids = self.time_ids()?;
         let sched = EulerAncestral::new(&self.scheduler, self.options.steps)?;
 
         let start = timings.start();

@@ -118,8 +118,13 @@ pub struct UNetConfig {
     pub addition_time_embed_dim: Option<usize>,
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<usize>,
-    #[serde(default)]
+    /// The released config writes `null` here (diffusers reads it as false).
+    #[serde(default, deserialize_with = "null_as_false")]
     pub upcast_attention: bool,
+}
+
+fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 /// softmax(QKᵀ/√d)V attention of a transformer block (diffusers' `Attention`).
