@@ -11,11 +11,13 @@ pub mod commands;
 pub mod concept;
 pub mod cuda;
 pub mod error;
+pub mod gallery;
 pub mod geometry;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod models;
 pub mod pipeline;
+pub mod preview;
 pub mod procedural;
 pub mod rng;
 pub mod shape;

@@ -12,9 +12,11 @@ use crate::pipeline::partcrafter::{ModelOptions, PartCrafterGenerator};
 use crate::shape::{ProceduralGenerator, ShapeGenerator};
 
 pub mod bench;
+pub mod gallery;
 pub mod generate;
 pub mod preflight;
 pub mod pregenerate;
+pub mod preview;
 pub mod stats;
 
 pub fn run(cli: Cli) -> Result<u8> {
@@ -23,6 +25,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Pregenerate(a) => pregenerate::run(pregenerate::PregenerateOptions::from_args(a)?),
         Command::Preflight(a) => preflight::run(preflight::PreflightOptions::from_args(a)),
         Command::Stats(a) => stats::run(&a.store.store, a.json, a.repair),
+        Command::Preview(a) => preview::run(preview::PreviewOptions::from_args(a)?),
+        Command::Gallery(a) => gallery::run(gallery::GalleryOptions::from_args(a)),
         Command::Bench(a) => bench::run(a),
     }
 }
