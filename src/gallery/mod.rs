@@ -179,7 +179,7 @@ fn asset_pages(store: &Store, out: &Path, key: &str, size: u64, collision: Vec<S
             entry.dropped_parts = asset.dropped_parts.len();
         }
         Ok((asset, _)) => entry.error = Some(format!("stored under {key} but its key is {}", asset.key)),
-        Err(e) if entry.error.is_none() => entry.error = Some(e.to_string()),
+        Err(e) if entry.error.is_none() => entry.error = Some(e.0),
         Err(_) => {}
     }
     write(out, &page, viewer_page(&entry, &bytes).as_bytes())?;
@@ -281,7 +281,7 @@ fn write_index(out: &Path, store_url: &str, entries: &[Entry], page_size: usize)
         }
         let nav = pager(&names, i);
         h.push_str(&nav);
-        h.push_str("<table id=\"assets\"><thead><tr><th></th><th>concept</th><th>parts</th><th>pipeline</th><th>size</th><th>timings</th><th>flags</th></tr></thead><tbody>\n");
+        h.push_str("<table id=\"assets\"><thead><tr><th></th><th>concept</th><th>parts</th><th>pipeline</th><th>size</th><th>timings (ms)</th><th>flags</th></tr></thead><tbody>\n");
         for e in chunk.iter() {
             h.push_str(&index_row(e));
         }
@@ -353,7 +353,7 @@ fn index_row(e: &Entry) -> String {
         if ok { format!("{} parts, {} points", e.parts.len(), e.num_points) } else { String::new() },
         esc(&e.pipeline),
         e.size,
-        if ok { format!("<b>{total:.1} ms</b><br>") } else { String::new() },
+        if ok { format!("<b>{total:.1}</b> in all<br>") } else { String::new() },
         flags.join("<br>")
     )
 }
