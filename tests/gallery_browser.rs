@@ -90,7 +90,10 @@ fn chromium() -> Option<PathBuf> {
 
 /// Headless Chromium on a file: WebGL through SwiftShader, no network, a fresh profile.
 fn browse(chromium: &Path, profile: &Path, page: &Path, extra: &[String]) -> std::process::Output {
-    let url = url::Url::from_file_path(page).unwrap();
+    browse_url(chromium, profile, url::Url::from_file_path(page).unwrap().as_str(), extra)
+}
+
+fn browse_url(chromium: &Path, profile: &Path, url: &str, extra: &[String]) -> std::process::Output {
     let o = Command::new(chromium)
         .args([
             "--headless",
@@ -107,10 +110,10 @@ fn browse(chromium: &Path, profile: &Path, page: &Path, extra: &[String]) -> std
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
-        .arg(url.as_str())
+        .arg(url)
         .output()
         .expect("chromium runs");
-    assert!(o.status.success(), "chromium failed on {}: {}", page.display(), stderr(&o));
+    assert!(o.status.success(), "chromium failed on {url}: {}", stderr(&o));
     o
 }
 
@@ -139,7 +142,8 @@ fn part_pixels(img: &RgbImage, rect: (u32, u32, u32, u32), parts: usize) -> (Vec
                 .map(|id| {
                     let b = palette::part(id).map(|c| c as f64);
                     let k = (p[0] * b[0] + p[1] * b[1] + p[2] * b[2]) / (b[0] * b[0] + b[1] * b[1] + b[2] * b[2]);
-                    let err = ((p[0] - k * b[0]).powi(2) + (p[1] - k * b[1]).powi(2) + (p[2] - k * b[2]).powi(2)).sqrt();
+                    let err =
+                        ((p[0] - k * b[0]).powi(2) + (p[1] - k * b[1]).powi(2) + (p[2] - k * b[2]).powi(2)).sqrt();
                     (id, k, err)
                 })
                 .filter(|&(_, k, err)| (0.3..=1.05).contains(&k) && err < 14.0)
@@ -167,7 +171,12 @@ fn gallery_and_viewer_in_headless_chromium() {
     assert_eq!(dom.matches("<tr class=\"ok\"").count(), 3, "{dom}");
     assert!(dom.contains(&format!("<tr class=\"invalid\" data-key=\"{CORRUPT_KEY}\"")));
     let shot = w.path().join("index.png");
-    browse(&chromium, &profile, &gal.join("index.html"), &[format!("--screenshot={}", shot.display()), "--window-size=1100,900".into()]);
+    browse(
+        &chromium,
+        &profile,
+        &gal.join("index.html"),
+        &[format!("--screenshot={}", shot.display()), "--window-size=1100,900".into()],
+    );
     let img = image::open(&shot).unwrap().to_rgb8();
     let (_, drawn) = part_pixels(&img, (0, 0, img.width(), img.height()), 16);
     assert!(drawn > 10_000, "the index screenshot is nearly blank ({drawn} pixels)");
@@ -189,7 +198,12 @@ fn gallery_and_viewer_in_headless_chromium() {
         assert_eq!(d["part_counts"], serde_json::json!(counts));
 
         let shot = w.path().join(format!("{key}.png"));
-        browse(&chromium, &profile, &page, &[format!("--screenshot={}", shot.display()), "--window-size=1100,700".into()]);
+        browse(
+            &chromium,
+            &profile,
+            &page,
+            &[format!("--screenshot={}", shot.display()), "--window-size=1100,700".into()],
+        );
         let img = image::open(&shot).unwrap().to_rgb8();
         let c = &d["canvas"];
         let rect = (
@@ -202,14 +216,85 @@ fn gallery_and_viewer_in_headless_chromium() {
         println!("{text}: {drawn} drawn pixels in the canvas, per part {:?}", &per_part[1..]);
         assert!(drawn > (rect.2 * rect.3 / 50) as usize, "{text}: the canvas is nearly blank ({drawn} pixels)");
         for (i, name) in asset.part_names.iter().enumerate() {
-            assert!(per_part[i + 1] >= 20, "{text}: part {} ({name}) has {} pixels of its colour", i + 1, per_part[i + 1]);
+            assert!(
+                per_part[i + 1] >= 20,
+                "{text}: part {} ({name}) has {} pixels of its colour",
+                i + 1,
+                per_part[i + 1]
+            );
         }
     }
 
+    // Parts hidden from the link: the seat's colour is gone, the legs still show; and the
+    // attachment colouring.
+    let key = lumen::concept::Concept::parse("chair").unwrap().key;
+    let page = gal.join(format!("assets/{key}.html"));
+    let hidden = format!("{}#hide=1", url::Url::from_file_path(&page).unwrap());
+    let shot = w.path().join("hidden.png");
+    let d = decoded(&stdout(&browse_url(&chromium, &profile, &hidden, &["--dump-dom".into()])));
+    assert_eq!(d["hidden"], serde_json::json!([1]), "{d}");
+    browse_url(
+        &chromium,
+        &profile,
+        &hidden,
+        &[format!("--screenshot={}", shot.display()), "--window-size=1100,700".into()],
+    );
+    let img = image::open(&shot).unwrap().to_rgb8();
+    let c = &d["canvas"];
+    let rect = (c["x"].as_f64().unwrap() as u32 + 2, c["y"].as_f64().unwrap() as u32 + 2, 638, 558);
+    let (per_part, _) = part_pixels(&img, rect, 6);
+    println!("chair with the seat hidden: per part {:?}", &per_part[1..]);
+    assert!(per_part[1] < 20, "the hidden seat still has {} pixels", per_part[1]);
+    assert!(per_part[2..].iter().all(|&n| n >= 20), "{per_part:?}");
+    let attach = format!("{}#mode=attachment", url::Url::from_file_path(&page).unwrap());
+    assert_eq!(
+        decoded(&stdout(&browse_url(&chromium, &profile, &attach, &["--dump-dom".into()])))["mode"],
+        "attachment"
+    );
+
     // The corrupt blob: shown as invalid, the page itself intact.
-    let dom = stdout(&browse(&chromium, &profile, &gal.join(format!("assets/{CORRUPT_KEY}.html")), &["--dump-dom".into()]));
+    let dom =
+        stdout(&browse(&chromium, &profile, &gal.join(format!("assets/{CORRUPT_KEY}.html")), &["--dump-dom".into()]));
     let d = decoded(&dom);
     assert_eq!(d["status"], "invalid", "{d}");
     assert!(d["error"].as_str().unwrap().contains("not JSON"), "{d}");
     assert!(dom.contains("<div id=\"problem\">Invalid asset: not JSON"), "{dom}");
+}
+
+#[test]
+fn serve_answers_on_localhost_and_stays_inside_the_folder() {
+    use std::io::{BufRead, Read, Write};
+    let w = workdir();
+    let o = run_in(w.path(), &["generate", "chair", "--pipeline", "procedural"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut child = support::lumen()
+        .current_dir(w.path())
+        .args(["gallery", "--out", "gal", "--serve", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split("http://").nth(1).map(|rest| rest.trim_end_matches(|c| c != '/').trim_end_matches('/').to_string())
+        })
+        .expect("the server says where it listens");
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let index = get("/");
+    let outside = get("/../Cargo.toml");
+    let script = get("/viewer.js");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(index.starts_with("HTTP/1.1 200") && index.contains("lumen gallery"), "{index}");
+    assert!(outside.starts_with("HTTP/1.1 404"), "{outside}");
+    assert!(script.contains("Content-Type: text/javascript"), "{script}");
 }

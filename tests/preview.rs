@@ -105,7 +105,10 @@ fn generate_preview_shows_every_part_the_legend_and_is_reproducible() {
             let px = counts.get(&row.id).copied().unwrap_or(0);
             let px_share = px as f64 / total_px as f64;
             let pt_share = row.points as f64 / asset.num_points as f64;
-            println!("{} part {} {:?}: {:.3} of the pixels, {:.3} of the points", asset.text, row.id, row.name, px_share, pt_share);
+            println!(
+                "{} part {} {:?}: {:.3} of the pixels, {:.3} of the points",
+                asset.text, row.id, row.name, px_share, pt_share
+            );
             assert!(px >= 10, "part {} ({}) has {px} pixels", row.id, row.name);
             assert!(
                 pt_share < 0.1 || (px_share > pt_share / 1.5 && px_share < pt_share * 1.5),

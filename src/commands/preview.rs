@@ -30,7 +30,9 @@ pub struct PreviewOptions {
 impl PreviewOptions {
     pub fn from_args(a: PreviewArgs) -> Result<Self> {
         if a.targets.is_empty() && !a.all && a.contact_sheet.is_none() {
-            return Err(UsageError("name concepts or keys to preview, or give --all or --contact-sheet FILE".into()).into());
+            return Err(
+                UsageError("name concepts or keys to preview, or give --all or --contact-sheet FILE".into()).into()
+            );
         }
         for t in &a.targets {
             if !is_key(t) {
@@ -110,7 +112,10 @@ pub fn run(opts: PreviewOptions) -> Result<u8> {
             "missing": missing, "contact_sheet": sheet,
         }));
     } else if let Some(s) = &sheet {
-        emit(&format!("contact sheet {} ({} assets, {} invalid, {}x{})", s.path, s.assets, s.invalid, s.width, s.height));
+        emit(&format!(
+            "contact sheet {} ({} assets, {} invalid, {}x{})",
+            s.path, s.assets, s.invalid, s.width, s.height
+        ));
     }
     if invalid > 0 {
         log(&format!("{invalid} invalid blob(s) in {}", store.url()));
@@ -120,7 +125,8 @@ pub fn run(opts: PreviewOptions) -> Result<u8> {
 }
 
 fn write_one(store: &Store, text: &str, key: &str) -> PreviewResult {
-    let mut r = PreviewResult { text: text.into(), key: key.into(), status: "written".into(), location: None, error: None };
+    let mut r =
+        PreviewResult { text: text.into(), key: key.into(), status: "written".into(), location: None, error: None };
     let bytes = match store.get(&Store::shape_rel(key)) {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -165,13 +171,16 @@ fn write_sheet(store: &Store, chosen: &[(String, String)], path: &std::path::Pat
         .map(|(text, key)| {
             let decoded = store.get(&Store::shape_rel(key)).ok().flatten().and_then(|b| Asset::decode(&b).ok());
             match decoded {
-                Some((asset, points)) => SheetTile { label: asset.text, image: Some(preview::thumbnail(&points, size)) },
+                Some((asset, points)) => {
+                    SheetTile { label: asset.text, image: Some(preview::thumbnail(&points, size)) }
+                }
                 None => SheetTile { label: if text == key { key.clone() } else { text.clone() }, image: None },
             }
         })
         .collect();
     let img = preview::contact_sheet(&tiles);
-    std::fs::write(path, preview::png(&img)).with_context(|| format!("writing the contact sheet {}", path.display()))?;
+    std::fs::write(path, preview::png(&img))
+        .with_context(|| format!("writing the contact sheet {}", path.display()))?;
     let invalid = tiles.iter().filter(|t| t.image.is_none()).count();
     Ok(SheetReport {
         path: path.display().to_string(),

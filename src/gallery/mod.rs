@@ -258,7 +258,10 @@ fn write_index(out: &Path, store_url: &str, entries: &[Entry], page_size: usize)
         h.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
         h.push_str(&format!("<title>lumen gallery · page {} of {}</title>", i + 1, chunks.len()));
         h.push_str("<link rel=\"stylesheet\" href=\"style.css\"></head>\n<body class=\"index\">\n");
-        h.push_str(&format!("<header><h1>lumen gallery</h1><span class=\"store\">{}</span></header>\n", esc(store_url)));
+        h.push_str(&format!(
+            "<header><h1>lumen gallery</h1><span class=\"store\">{}</span></header>\n",
+            esc(store_url)
+        ));
         h.push_str(&format!(
             "<p id=\"summary\">{} assets ({}), <span class=\"{}\">{} invalid</span>, {} collisions</p>\n",
             entries.len() - invalid.len(),

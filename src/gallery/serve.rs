@@ -11,8 +11,9 @@ use anyhow::{Context, Result};
 /// Binds `addr` (an error is the user's to fix) and returns the listener and its real address
 /// (port 0 picks a free port).
 pub fn bind(addr: &str) -> Result<(TcpListener, std::net::SocketAddr)> {
-    let listener = TcpListener::bind(addr)
-        .map_err(|e| crate::error::UsageError(format!("cannot listen on {addr:?}: {e} (use HOST:PORT, e.g. 127.0.0.1:8000)")))?;
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        crate::error::UsageError(format!("cannot listen on {addr:?}: {e} (use HOST:PORT, e.g. 127.0.0.1:8000)"))
+    })?;
     let local = listener.local_addr().context("reading the bound address")?;
     Ok((listener, local))
 }

@@ -266,6 +266,28 @@
     });
   }
 
+  // Links can open a viewer in a given state: #mode=attachment&hide=2,3&highlight=1.
+  function applyHash(v, decoded) {
+    var params = new URLSearchParams(location.hash.slice(1));
+    if (params.get("mode") === "attachment") {
+      v.mode = "attachment"; $("mode").value = "attachment"; $("ramp").hidden = false;
+    }
+    (params.get("hide") || "").split(",").filter(Boolean).forEach(function (s) {
+      var id = Number(s);
+      if (Number.isInteger(id) && id >= 0 && id < v.visible.length) {
+        v.visible[id] = false;
+        var box = document.querySelector('#legend li[data-id="' + id + '"] input');
+        if (box) box.checked = false;
+      }
+    });
+    if (params.has("highlight")) v.highlight = Number(params.get("highlight"));
+    legendState(v);
+    v.recolour();
+    decoded.mode = v.mode;
+    decoded.hidden = v.visible.map(function (on, id) { return on ? -1 : id; }).filter(function (id) { return id >= 0; });
+    decoded.highlight = v.highlight;
+  }
+
   function showProblem(msg) {
     var p = $("problem");
     p.textContent = "Invalid asset: " + msg;
@@ -295,6 +317,7 @@
     $("legend").textContent = "";
     buildLegend(v);
     v.bind();
+    applyHash(v, decoded);
     decoded.webgl = true;
     var rect = canvas.getBoundingClientRect();
     decoded.canvas = { x: rect.left, y: rect.top, width: rect.width, height: rect.height };

@@ -77,11 +77,8 @@ impl Frame {
             return Self { centre: [0.0; 3], radius: 1.0 };
         }
         let centre = [(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0, (lo[2] + hi[2]) / 2.0];
-        let radius = positions
-            .iter()
-            .map(|p| dot(sub(*p, centre), sub(*p, centre)).sqrt())
-            .fold(0.0f32, f32::max)
-            .max(1e-3);
+        let radius =
+            positions.iter().map(|p| dot(sub(*p, centre), sub(*p, centre)).sqrt()).fold(0.0f32, f32::max).max(1e-3);
         Self { centre, radius }
     }
 }
