@@ -298,3 +298,28 @@ fn serve_answers_on_localhost_and_stays_inside_the_folder() {
     assert!(outside.starts_with("HTTP/1.1 404"), "{outside}");
     assert!(script.contains("Content-Type: text/javascript"), "{script}");
 }
+
+#[test]
+fn gallery_and_previews_of_a_gcs_store() {
+    let w = workdir();
+    let server = support::gcs::GcsServer::start();
+    let run = |args: &[&str]| {
+        support::lumen()
+            .current_dir(w.path())
+            .args(args)
+            .env("GOOGLE_SERVICE_ACCOUNT_KEY", server.service_account_key())
+            .output()
+            .unwrap()
+    };
+    let url = "gs://lumen-test/shapes-v1";
+    let o = run(&["generate", "chair", "mug", "--pipeline", "procedural", "--preview", "--store", url]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    server.put_raw("lumen-test", &format!("shapes-v1/shapes/{CORRUPT_KEY}.json"), b"not json");
+    let names = server.object_names("lumen-test");
+    assert_eq!(names.iter().filter(|n| n.starts_with("shapes-v1/previews/") && n.ends_with(".png")).count(), 2);
+    let o = run(&["gallery", "--store", url, "--out", "gal", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!((v["assets"].as_u64(), v["invalid"].as_u64()), (Some(2), Some(1)), "{v}");
+    assert!(w.path().join(format!("gal/assets/{CORRUPT_KEY}.html")).is_file());
+}
