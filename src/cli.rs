@@ -14,7 +14,9 @@ Examples:
   lumen pregenerate concepts/top50.json --store gs://my-bucket/shapes-v1 --jobs 4
   lumen fetch --pipeline partcrafter --device cuda
   lumen preflight --store out --json
-  lumen stats --store out";
+  lumen stats --store out
+  lumen preview --all --store out
+  lumen gallery --store out --out gallery";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +61,16 @@ pub enum Command {
         after_help = "Fetches exactly the files a run reads on the given device (the .fp16 weights for cuda, f32 for cpu) into\nthe Hugging Face cache (HF_HOME / HF_HUB_CACHE), resuming partial downloads and checking every file against\nthe hub's checksum; files already cached are hashed again. With HF_HUB_OFFLINE=1 it only verifies the cache.\nExits 2 when a file is missing offline or the hub refuses it (401/403/404), 1 on network or checksum failures.\n\nExamples:\n  lumen fetch                                  # this machine's device\n  lumen fetch --device cuda                    # in a container build without a GPU\n  lumen fetch --dry-run --json                 # what would be downloaded, and how big\n  lumen fetch --revision stabilityai/sdxl-turbo=main"
     )]
     Fetch(FetchArgs),
+    /// Render preview pictures (four views, parts coloured, a legend) of stored assets, or a contact sheet of a store.
+    #[command(
+        after_help = "Pictures go beside the assets as previews/<key>.png. Exits 2 when an invalid blob was met (it\nis listed, the others are still rendered, as in `lumen stats`), 1 when a named concept is not stored.\n\nExamples:\n  lumen preview chair \"office chair\" --store out\n  lumen preview 3f2a9c0d1e4b5a67        # a key\n  lumen preview --all --store gs://bucket/prefix --json\n  lumen preview --contact-sheet sheet.png   # every asset of the store in one grid"
+    )]
+    Preview(PreviewArgs),
+    /// Write a self-contained static gallery of a store: an index page and a WebGL viewer per asset.
+    #[command(
+        after_help = "The folder opens from disk (file://): each viewer embeds its asset, nothing is fetched from the\nnetwork. Invalid blobs are listed and shown as invalid. Exits 2 when the store holds invalid\nblobs (the gallery is still written, as `lumen stats` reports them).\n\nExamples:\n  lumen gallery --store out --out gallery\n  lumen gallery --store gs://bucket/prefix --out gallery --page-size 200 --json\n  lumen gallery --store out --out gallery --serve 127.0.0.1:8000"
+    )]
+    Gallery(GalleryArgs),
     /// Measure the speed of each stage (prints a table; never part of the tests).
     Bench(BenchArgs),
 }
@@ -175,6 +187,9 @@ pub struct GenerateArgs {
     /// Overwrite assets that are already stored.
     #[arg(long)]
     pub force: bool,
+    /// Also store a preview picture of each asset (previews/<key>.png; see `lumen preview`).
+    #[arg(long)]
+    pub preview: bool,
     /// Print results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -209,6 +224,9 @@ pub struct PregenerateArgs {
     /// Regenerate and overwrite concepts that are already stored.
     #[arg(long)]
     pub force: bool,
+    /// Also store a preview picture of each asset (previews/<key>.png; see `lumen preview`).
+    #[arg(long)]
+    pub preview: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -245,6 +263,41 @@ pub struct StatsArgs {
     /// Rebuild manifest.json from the valid assets in the store.
     #[arg(long)]
     pub repair: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// Concept texts or 16-hex-digit keys of stored assets.
+    #[arg(value_name = "CONCEPT|KEY")]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Every asset in the store.
+    #[arg(long, conflicts_with = "targets")]
+    pub all: bool,
+    /// Also write a contact sheet (every chosen asset's three-quarter view in a grid; the whole
+    /// store when no concept is named) to this local PNG file.
+    #[arg(long, value_name = "FILE.png")]
+    pub contact_sheet: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GalleryArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Folder to write (created; files lumen wrote there before are replaced).
+    #[arg(long, value_name = "DIR", default_value = "gallery")]
+    pub out: PathBuf,
+    /// Assets per index page.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub page_size: u32,
+    /// After writing, serve the folder over HTTP on this address (e.g. 127.0.0.1:8000) until stopped.
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ pub struct GenerateOptions {
     pub pipeline: PipelineKind,
     pub fallback: Option<PipelineKind>,
     pub force: bool,
+    /// Store a preview picture beside each asset.
+    pub preview: bool,
     pub json: bool,
     pub catalog: PathBuf,
     pub model: ModelOptions,
@@ -43,6 +45,7 @@ impl GenerateOptions {
             pipeline: a.pipeline.into(),
             fallback: a.fallback.map(Into::into),
             force: a.force,
+            preview: a.preview,
             json: a.json,
             catalog: a.catalog,
             model: ModelOptions::from(&a.model),
@@ -69,6 +72,9 @@ pub struct ConceptResult {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timings_ms: Option<std::collections::BTreeMap<String, f64>>,
+    /// Where the preview picture went (`--preview`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
 }
 
 /// Unless `force`, a concept already stored is reported as `exists` without generating it
@@ -101,6 +107,7 @@ impl ConceptResult {
             bytes: None,
             error: Some(err),
             timings_ms: None,
+            preview: None,
         }
     }
 }
@@ -168,6 +175,7 @@ pub fn generate_one(request: &ShapeRequest, gens: &super::Generators, store: &St
             bytes: Some(size),
             error: None,
             timings_ms: Some(asset.timings_ms.clone()),
+            preview: None,
         },
         Err(e) => ConceptResult::failed(c, format!("{e:#}")),
     }
@@ -275,8 +283,11 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let result =
+        let mut result =
             stored_result(c, &store, opts.force).unwrap_or_else(|| generate_one(&request, &gens, &store, opts.force));
+        if opts.preview {
+            super::preview::add_preview(&store, &mut result);
+        }
         spinner.finish_and_clear();
         if !opts.json {
             emit(&human_line(&result));

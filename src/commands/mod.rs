@@ -13,9 +13,11 @@ use crate::shape::{ProceduralGenerator, ShapeGenerator};
 
 pub mod bench;
 pub mod fetch;
+pub mod gallery;
 pub mod generate;
 pub mod preflight;
 pub mod pregenerate;
+pub mod preview;
 pub mod stats;
 
 pub fn run(cli: Cli) -> Result<u8> {
@@ -25,6 +27,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Preflight(a) => preflight::run(preflight::PreflightOptions::from_args(a)),
         Command::Stats(a) => stats::run(&a.store.store, a.json, a.repair),
         Command::Fetch(a) => fetch::run(fetch::FetchOptions::from(a)),
+        Command::Preview(a) => preview::run(preview::PreviewOptions::from_args(a)?),
+        Command::Gallery(a) => gallery::run(gallery::GalleryOptions::from_args(a)),
         Command::Bench(a) => bench::run(a),
     }
 }

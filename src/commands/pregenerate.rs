@@ -33,6 +33,8 @@ pub struct PregenerateOptions {
     pub jobs: usize,
     pub points: usize,
     pub force: bool,
+    /// Store a preview picture beside each asset.
+    pub preview: bool,
     pub json: bool,
     pub model: ModelOptions,
 }
@@ -56,6 +58,7 @@ impl PregenerateOptions {
             jobs,
             points: a.points as usize,
             force: a.force,
+            preview: a.preview,
             json: a.json,
             model: ModelOptions::from(&a.model),
         })
@@ -124,11 +127,14 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
     let results: Vec<(ConceptResult, String, String)> = pool.install(|| {
         mine.par_iter()
             .map(|c| {
-                let result = stored_result(c, &store, opts.force).unwrap_or_else(|| {
+                let mut result = stored_result(c, &store, opts.force).unwrap_or_else(|| {
                     let request = request_for(c, Some(&opts.catalog), None, None, opts.points);
                     debug_delay();
                     generate_one(&request, &gens, &store, opts.force)
                 });
+                if opts.preview {
+                    super::preview::add_preview(&store, &mut result);
+                }
                 bar.inc(1);
                 bar.set_message(c.text.clone());
                 if per_item_lines && !opts.json {
