@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod geometry;
+pub mod goldens;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod models;
