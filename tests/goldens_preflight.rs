@@ -82,7 +82,8 @@ fn preflight_goldens_fail_on_a_changed_output_value() {
     let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
     let image = &tensors["image"];
     let mut values: Vec<f32> = image.flatten_all().unwrap().to_vec1().unwrap();
-    values[values.len() / 2] += 0.5;
+    let mid = values.len() / 2;
+    values[mid] += 0.5;
     let changed = Tensor::from_vec(values, image.shape(), &Device::Cpu).unwrap();
     tensors.insert("image".into(), changed);
     candle_core::safetensors::save(&tensors, &file).unwrap();

@@ -224,14 +224,14 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
             note += &format!("; {} points", facts.sampled);
         }
         rows.push(
-            BenchRow::new("concept", format!("{stage} ({what})"), opts, opts.iters, stat(stage))
+            BenchRow::new("concept", stage, opts, opts.iters, stat(stage))
                 .note(note)
                 .reference(if released { reference(stage) } else { None }),
         );
     }
     rows.push(
-        BenchRow::new("concept", format!("total ({what})"), opts, opts.iters, stat("total"))
-            .note("sum of the stages above, per run (median and min of the per-run sums)")
+        BenchRow::new("concept", "total", opts, opts.iters, stat("total"))
+            .note(format!("{what}; sum of the stages above per run (median and min of the per-run sums)"))
             .reference(if released { reference("total") } else { None }),
     );
     Ok(rows)
