@@ -81,7 +81,7 @@ step() {
     timeout --kill-after=10 "$t" "$@" >"$out/$name.out" 2>"$out/$name.err"
     rc=$?
     say "$(printf '%-28s rc %-3s %4ss (limit %ss)' "$name" "$rc" $(($(date +%s) - s)) "$t")"
-    [ "$rc" -eq 124 ] && say "  $name ran out of time; its partial output is in $out/$name.out"
+    [ "$rc" -eq 124 ] && say "  $name ran out of time (no JSON); its log is $out/$name.err"
     return $rc
 }
 
@@ -128,7 +128,7 @@ def load(name):
         return None
 
 g = load("goldens")
-print("\n== golden numerics (worst output per case; tolerance: manifest f32, f16 64u, bf16 32u)")
+print("\n== golden numerics (worst output per case; tolerance: manifest in f32, 32 u in f16/bf16)")
 if g is None:
     print("  no result (see goldens.err)")
 else:
