@@ -127,7 +127,8 @@ fn pair(got: &Tensor, want: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
 pub fn run(root: &Path, device: &Device, dtype: DType) -> Result<Vec<CaseResult>> {
     #[cfg(feature = "cuda")]
     candle_core::cuda_backend::set_gemm_reduced_precision_f32(false);
-    let found: Vec<&str> = COMPONENTS.iter().copied().filter(|c| root.join(c).join("manifest.json").is_file()).collect();
+    let found: Vec<&str> =
+        COMPONENTS.iter().copied().filter(|c| root.join(c).join("manifest.json").is_file()).collect();
     if found.is_empty() {
         bail!("{} holds no golden component ({} with a manifest.json)", root.display(), COMPONENTS.join(", "));
     }
@@ -145,13 +146,25 @@ pub fn run(root: &Path, device: &Device, dtype: DType) -> Result<Vec<CaseResult>
         }
         .with_context(|| format!("golden component {component} on {device:?} {dtype:?}"))?;
         for (case, outputs) in cases {
-            results.push(case_result(component, &case, device, if component == "rmbg" { DType::F32 } else { dtype }, outputs)?);
+            results.push(case_result(
+                component,
+                &case,
+                device,
+                if component == "rmbg" { DType::F32 } else { dtype },
+                outputs,
+            )?);
         }
     }
     Ok(results)
 }
 
-fn case_result(component: &str, case: &str, device: &Device, dtype: DType, outputs: Vec<OutputCheck>) -> Result<CaseResult> {
+fn case_result(
+    component: &str,
+    case: &str,
+    device: &Device,
+    dtype: DType,
+    outputs: Vec<OutputCheck>,
+) -> Result<CaseResult> {
     let worst = outputs
         .iter()
         .max_by(|a, b| (a.error / a.tol.max(1e-30)).total_cmp(&(b.error / b.tol.max(1e-30))))
@@ -220,7 +233,12 @@ impl Ctx<'_> {
     fn check(&self, output: &str, got: &Tensor, want: &Tensor, manifest_tol: f64) -> Result<OutputCheck> {
         let got = got.to_dtype(DType::F32)?.reshape(want.shape())?;
         let err = rel_l2(&got, want).with_context(|| format!("output {output}"))?;
-        Ok(OutputCheck { output: output.into(), metric: "rel_l2", error: err, tol: tolerance(manifest_tol, self.dtype) })
+        Ok(OutputCheck {
+            output: output.into(),
+            metric: "rel_l2",
+            error: err,
+            tol: tolerance(manifest_tol, self.dtype),
+        })
     }
 }
 
@@ -238,7 +256,11 @@ fn f64_of(v: &Value, what: &str) -> Result<f64> {
 }
 
 fn ids(t: &Tensor) -> Result<Vec<Vec<u32>>> {
-    Ok(t.to_dtype(DType::I64)?.to_vec2::<i64>()?.into_iter().map(|r| r.into_iter().map(|v| v as u32).collect()).collect())
+    Ok(t.to_dtype(DType::I64)?
+        .to_vec2::<i64>()?
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v as u32).collect())
+        .collect())
 }
 
 /// SDXL: both text encoders, one UNet forward, the VAE decode (the tiny golden config).
@@ -249,8 +271,10 @@ fn sdxl_cases(c: &Ctx) -> Result<Cases> {
     let case = c.case("text_encoders")?;
     let tol = f64_of(&case["rel_l2_tol"], "text_encoders tolerance")?;
     let t = c.tensors(case)?;
-    let te1 = sdxl::load_text_encoder(&sdxl::synthetic::write_module(c.scratch, m, "text_encoder")?, false, dev, dtype)?;
-    let te2 = sdxl::load_text_encoder(&sdxl::synthetic::write_module(c.scratch, m, "text_encoder_2")?, true, dev, dtype)?;
+    let te1 =
+        sdxl::load_text_encoder(&sdxl::synthetic::write_module(c.scratch, m, "text_encoder")?, false, dev, dtype)?;
+    let te2 =
+        sdxl::load_text_encoder(&sdxl::synthetic::write_module(c.scratch, m, "text_encoder_2")?, true, dev, dtype)?;
     let o1 = te1.forward(&sdxl::clip::ids_tensor(&ids(&t["input_ids_1"])?, dev)?)?;
     let o2 = te2.forward(&sdxl::clip::ids_tensor(&ids(&t["input_ids_2"])?, dev)?)?;
     let pe = sdxl::clip::concat_features(&o1, &o2)?;
@@ -287,7 +311,10 @@ fn sdxl_cases(c: &Ctx) -> Result<Cases> {
     let t = c.tensors(case)?;
     let vae = sdxl::load_vae(&sdxl::synthetic::write_module(c.scratch, m, "vae")?, dev, dtype)?;
     let got = vae.decode(&c.input(&t["latents"])?)?;
-    out.push(("vae_decode".into(), vec![c.check("image", &got, &t["image"], f64_of(&case["rel_l2_tol"], "tolerance")?)?]));
+    out.push((
+        "vae_decode".into(),
+        vec![c.check("image", &got, &t["image"], f64_of(&case["rel_l2_tol"], "tolerance")?)?],
+    ));
     Ok(out)
 }
 
@@ -330,7 +357,9 @@ fn rmbg_output<'a>(name: &str, out: &'a RmbgOutput, taps: &'a HashMap<String, Te
     if let Some(k) = name.strip_prefix('d').and_then(|k| k.parse::<usize>().ok()) {
         return out.masks.get(k.wrapping_sub(1)).context("mask index");
     }
-    if let Some(k) = name.strip_prefix("side").and_then(|s| s.strip_suffix("_logits")).and_then(|k| k.parse::<usize>().ok()) {
+    if let Some(k) =
+        name.strip_prefix("side").and_then(|s| s.strip_suffix("_logits")).and_then(|k| k.parse::<usize>().ok())
+    {
         return out.side_logits.get(k.wrapping_sub(1)).context("side index");
     }
     if let Some(k) = FEATURES.iter().position(|f| *f == name) {
@@ -387,7 +416,10 @@ fn partcrafter_cases(c: &Ctx) -> Result<Cases> {
     let (_, _, h, w) = pixels.dims4()?;
     let enc = Dinov2Model::new(open_model_dir(&enc_dir, dtype, dev)?, &cfg, Some((h, w)))?;
     let got = enc.forward(&c.input(pixels)?)?;
-    out.push(("image_encoder".into(), vec![c.check("image_embeds", &got, &t["image_embeds"], tol(case, "image_embeds")?)?]));
+    out.push((
+        "image_encoder".into(),
+        vec![c.check("image_embeds", &got, &t["image_embeds"], tol(case, "image_embeds")?)?],
+    ));
     drop(enc);
 
     let dit_dir = write_module(
@@ -422,13 +454,30 @@ fn partcrafter_cases(c: &Ctx) -> Result<Cases> {
     // The recorded conditioning is [zeros ×N ; embeds ×N]; the sampler builds the zeros itself.
     let embeds = t["encoder_hidden_states"].narrow(0, n, n)?.to_device(dev)?;
     let noise = t["init_noise"].to_device(dev)?;
-    let got = sampler::sample(&dit, &RectifiedFlowScheduler::new(sched_cfg), &embeds, &noise, steps, guidance, PartIds::Batch, None)?;
-    out.push(("sampler".into(), vec![c.check("final_latents", &got, &t["final_latents"], tol(case, "final_latents")?)?]));
+    let got = sampler::sample(
+        &dit,
+        &RectifiedFlowScheduler::new(sched_cfg),
+        &embeds,
+        &noise,
+        steps,
+        guidance,
+        PartIds::Batch,
+        None,
+    )?;
+    out.push((
+        "sampler".into(),
+        vec![c.check("final_latents", &got, &t["final_latents"], tol(case, "final_latents")?)?],
+    ));
     drop(dit);
 
     let case = c.case("vae_decode")?;
     let t = c.tensors(case)?;
-    let vae_dir = write_module("vae", &m["config"]["vae"], "diffusion_pytorch_model.safetensors", &m["tensors"]["vae"]["entries"])?;
+    let vae_dir = write_module(
+        "vae",
+        &m["config"]["vae"],
+        "diffusion_pytorch_model.safetensors",
+        &m["tensors"]["vae"]["entries"],
+    )?;
     let decoder = SdfDecoder::load(&vae_dir, dev, dtype)?;
     let tol = tol(case, "sdf")?;
     let points = t["points"].to_device(dev)?;

@@ -223,11 +223,11 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
         if stage == "sampling" {
             note += &format!("; {} points", facts.sampled);
         }
-        rows.push(
-            BenchRow::new("concept", stage, opts, opts.iters, stat(stage))
-                .note(note)
-                .reference(if released { reference(stage) } else { None }),
-        );
+        rows.push(BenchRow::new("concept", stage, opts, opts.iters, stat(stage)).note(note).reference(if released {
+            reference(stage)
+        } else {
+            None
+        }));
     }
     rows.push(
         BenchRow::new("concept", "total", opts, opts.iters, stat("total"))

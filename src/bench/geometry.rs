@@ -100,13 +100,13 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
             ExtractMode::Fast => format!("depth {} from {}", o.fast_depth, o.fast_coarse_depth),
         };
         rows.push(row(name, 1, t).no_dtype().note(format!(
-                "{settings}: {} query points decoded for one part (projected decode {:.0} s at the rate above); \
+            "{settings}: {} query points decoded for one part (projected decode {:.0} s at the rate above); \
                  time shown is extraction without decoding (analytic field); mesh {} vertices, {} faces, area {:.4}",
-                g.decoded_points,
-                g.decoded_points as f64 / per_s,
-                g.mesh.vertices.len(),
-                g.mesh.faces.len(),
-                g.mesh.area()
+            g.decoded_points,
+            g.decoded_points as f64 / per_s,
+            g.mesh.vertices.len(),
+            g.mesh.faces.len(),
+            g.mesh.area()
         )));
         results.push(g);
     }
@@ -146,4 +146,3 @@ fn mean_nearest(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
         .sum();
     total / a.len().max(1) as f64
 }
-

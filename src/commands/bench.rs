@@ -42,7 +42,10 @@ pub fn run(a: BenchArgs) -> Result<u8> {
         emit(&header());
     }
     for (name, suite) in chosen {
-        log(&format!("running bench suite {name} on {device} ({dtype}, {sizes}; {} iterations after a warm-up)", opts.iters));
+        log(&format!(
+            "running bench suite {name} on {device} ({dtype}, {sizes}; {} iterations after a warm-up)",
+            opts.iters
+        ));
         reset_peak();
         let mut got = suite(&opts)?;
         for r in &mut got {

@@ -12,9 +12,9 @@ use serde::Serialize;
 use super::{emit, emit_json, PipelineKind};
 use crate::asset::Asset;
 use crate::cli::{DtypeArg, PreflightArgs};
-use crate::goldens::CaseResult;
 use crate::concept::{Catalog, Concept};
 use crate::error::exit;
+use crate::goldens::CaseResult;
 use crate::pipeline::partcrafter::{select_device, ModelOptions, PartCrafterGenerator};
 use crate::shape::{build_asset, ProceduralGenerator, ShapeGenerator, ShapeRequest};
 use crate::store::{Store, StoreOptions};
@@ -113,8 +113,11 @@ fn goldens_checks(opts: &PreflightOptions, dir: &std::path::Path, cases: &mut Ve
             let name = format!("goldens {} on {}", crate::bench::dtype_name(dtype), crate::bench::device_name(&device));
             check(&name, || {
                 let got = crate::goldens::run(dir, &device, dtype)?;
-                let failed: Vec<String> =
-                    got.iter().filter(|c| !c.pass).map(|c| format!("{}/{} {}", c.component, c.case, c.worst.output)).collect();
+                let failed: Vec<String> = got
+                    .iter()
+                    .filter(|c| !c.pass)
+                    .map(|c| format!("{}/{} {}", c.component, c.case, c.worst.output))
+                    .collect();
                 let worst = got
                     .iter()
                     .max_by(|a, b| (a.worst.error / a.worst.tol).total_cmp(&(b.worst.error / b.worst.tol)))
