@@ -1,9 +1,9 @@
-//! `lumen bench partcrafter_dit`: one guided DiT forward and the full sampling loop at the
+//! `lumen bench partcrafter_dit`: one guided DiT forward and the sampling loop at the
 //! released width/heads/layers (2048 / 16 / 21, global blocks 0,2,…,20), synthetic weights
 //! from the goldens rule, on the bench device in the pipeline's dtype.
 //!
 //! Sizes: released (N = 4 parts × 1024 tokens, 50 steps) by default on CUDA and with
-//! `--full`; reduced on the CPU (1 part × 16 tokens). `LUMEN_BENCH_PC_PARTS`,
+//! `--full`; reduced on the CPU (1 part × 16 tokens, 5 steps). `LUMEN_BENCH_PC_PARTS`,
 //! `LUMEN_BENCH_PC_TOKENS` and `LUMEN_BENCH_PC_STEPS` override parts, tokens and loop steps.
 //! FLOPs are counted by [`DitConfig::flops`] (linear layers and attention matmuls, 2 per
 //! multiply-add).
@@ -60,7 +60,8 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
     let cfg = DitConfig::released();
     let parts = env_usize("LUMEN_BENCH_PC_PARTS", if opts.quick { 1 } else { 4 });
     let tokens = env_usize("LUMEN_BENCH_PC_TOKENS", if opts.quick { 16 } else { 1024 });
-    let steps = env_usize("LUMEN_BENCH_PC_STEPS", 50);
+    // Reduced sizes run 5 loop steps: 50 take minutes on a CPU even at 1 × 16 tokens.
+    let steps = env_usize("LUMEN_BENCH_PC_STEPS", if opts.quick { 5 } else { 50 });
     let row = |name: String, iters, t| BenchRow::new("partcrafter_dit", name, opts, iters, t);
     let mut rows = Vec::new();
 
