@@ -48,7 +48,7 @@ pub enum Command {
     Pregenerate(PregenerateArgs),
     /// Check, fast, that the store, device, catalogue, weights and a tiny end-to-end run work.
     #[command(
-        after_help = "Exits 3 when any check fails; each check's status is printed (or emitted with --json).\n\nExamples:\n  lumen preflight\n  lumen preflight --store gs://bucket/prefix --weights /models --json"
+        after_help = "Exits 3 when any check fails; each check's status is printed (or emitted with --json).\n\nExamples:\n  lumen preflight\n  lumen preflight --store gs://bucket/prefix --weights /models --json\n  lumen preflight --pipeline procedural --goldens tests/goldens"
     )]
     Preflight(PreflightArgs),
     /// Summarise what a store holds: counts, sizes, pipelines, timings, collisions, invalid blobs.
@@ -71,7 +71,10 @@ pub enum Command {
         after_help = "The folder opens from disk (file://): each viewer embeds its asset, nothing is fetched from the\nnetwork. Invalid blobs are listed and shown as invalid. Exits 2 when the store holds invalid\nblobs (the gallery is still written, as `lumen stats` reports them).\n\nExamples:\n  lumen gallery --store out --out gallery\n  lumen gallery --store gs://bucket/prefix --out gallery --page-size 200 --json\n  lumen gallery --store out --out gallery --serve 127.0.0.1:8000"
     )]
     Gallery(GalleryArgs),
-    /// Measure the speed of each stage (prints a table; never part of the tests).
+    /// Measure the speed of each stage on the pipeline's device (prints a table; never part of the tests).
+    #[command(
+        after_help = "Each row: device, dtype, median and min after a warm-up, peak memory, and the peer baseline's\ntime and ratio where the row ran at the baseline's size. Released sizes on CUDA, reduced on the CPU.\n\nExamples:\n  lumen bench --list\n  lumen bench sdxl rmbg --iters 3\n  lumen bench concept --json\n  lumen bench concept --cpu --full"
+    )]
     Bench(BenchArgs),
 }
 
@@ -250,8 +253,23 @@ pub struct PreflightArgs {
     /// Run on the CPU even in a CUDA build.
     #[arg(long)]
     pub cpu: bool,
+    /// Also run every model's golden cases from this folder (tests/goldens) on the device and
+    /// compare with the reference's outputs: proves this GPU, driver and build compute the
+    /// reference's function.
+    #[arg(long, value_name = "DIR")]
+    pub goldens: Option<PathBuf>,
+    /// Precisions for --goldens (comma-separated); default: f32 and the pipeline's dtype.
+    #[arg(long, value_enum, value_delimiter = ',', requires = "goldens")]
+    pub goldens_dtype: Vec<DtypeArg>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
 }
 
 #[derive(Debug, Args)]
@@ -307,9 +325,15 @@ pub struct BenchArgs {
     /// Timed repetitions after one warm-up.
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
-    /// Reduced sizes where a suite supports them.
-    #[arg(long)]
+    /// Reduced sizes (the default on the CPU).
+    #[arg(long, conflicts_with = "full")]
     pub quick: bool,
+    /// Released sizes on the CPU too (the default on CUDA; hours on a small CPU).
+    #[arg(long)]
+    pub full: bool,
+    /// Run on the CPU even in a CUDA build.
+    #[arg(long)]
+    pub cpu: bool,
     /// List the suites and exit.
     #[arg(long)]
     pub list: bool,

@@ -15,6 +15,7 @@ pub mod device;
 pub mod error;
 pub mod gallery;
 pub mod geometry;
+pub mod goldens;
 pub mod hub;
 pub mod models;
 pub mod pipeline;

@@ -31,30 +31,123 @@ pub fn splitmix64(x: u64) -> u64 {
 /// The synthetic values of tensor `name` with `shape`, in f64 (round to the dtype afterwards).
 pub fn synth_values(name: &str, shape: &[usize]) -> Vec<f64> {
     let numel: usize = shape.iter().product();
-    let seed = fnv1a64(name.as_bytes());
-    let rank = shape.len();
-    let is_scale = rank == 1 && (name.ends_with("weight") || name.ends_with("gamma") || name.ends_with("scale"));
-    let fan_in = if rank >= 2 { (numel / shape[0]) as f64 } else { 1.0 };
-    (0..numel as u64)
-        .map(|i| {
-            let h = splitmix64(seed ^ i);
-            let u = (h >> 11) as f64 * (2f64).powi(-53);
-            let v = 2.0 * u - 1.0;
-            if name.ends_with("num_batches_tracked") {
-                0.0
-            } else if name.ends_with("running_var") {
-                1.0 + 0.5 * u
-            } else if name.ends_with("running_mean") {
-                0.1 * v
-            } else if is_scale {
-                1.0 + 0.1 * v
-            } else if rank <= 1 {
-                0.1 * v
-            } else {
-                v / fan_in.sqrt()
-            }
-        })
-        .collect()
+    let rule = Rule::new(name, shape);
+    (0..numel as u64).map(|i| rule.value(i)).collect()
+}
+
+/// [`synth_values`] rounded to f32, generated in parallel chunks (released-size benches
+/// generate billions of values). Same values as `synth_values(..) as f32`.
+pub fn synth_values_f32(name: &str, shape: &[usize]) -> Vec<f32> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 20;
+    let numel: usize = shape.iter().product();
+    if numel <= CHUNK {
+        return synth_values(name, shape).into_iter().map(|v| v as f32).collect();
+    }
+    // Each value depends on the element index and the tensor's constants only.
+    let rule = Rule::new(name, shape);
+    let mut out = vec![0f32; numel];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let base = (c * CHUNK) as u64;
+        for (j, v) in chunk.iter_mut().enumerate() {
+            *v = rule.value(base + j as u64) as f32;
+        }
+    });
+    out
+}
+
+/// The per-tensor constants of the synthetic rule.
+struct Rule {
+    seed: u64,
+    kind: Kind,
+    fan_in: f64,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Zero,
+    RunningVar,
+    RunningMean,
+    Scale,
+    Bias,
+    Matrix,
+}
+
+impl Rule {
+    fn new(name: &str, shape: &[usize]) -> Self {
+        let numel: usize = shape.iter().product();
+        let rank = shape.len();
+        let is_scale = rank == 1 && (name.ends_with("weight") || name.ends_with("gamma") || name.ends_with("scale"));
+        let kind = if name.ends_with("num_batches_tracked") {
+            Kind::Zero
+        } else if name.ends_with("running_var") {
+            Kind::RunningVar
+        } else if name.ends_with("running_mean") {
+            Kind::RunningMean
+        } else if is_scale {
+            Kind::Scale
+        } else if rank <= 1 {
+            Kind::Bias
+        } else {
+            Kind::Matrix
+        };
+        let fan_in = if rank >= 2 { (numel / shape[0]) as f64 } else { 1.0 };
+        Self { seed: fnv1a64(name.as_bytes()), kind, fan_in }
+    }
+
+    fn value(&self, i: u64) -> f64 {
+        let h = splitmix64(self.seed ^ i);
+        let u = (h >> 11) as f64 * (2f64).powi(-53);
+        let v = 2.0 * u - 1.0;
+        match self.kind {
+            Kind::Zero => 0.0,
+            Kind::RunningVar => 1.0 + 0.5 * u,
+            Kind::RunningMean => 0.1 * v,
+            Kind::Scale => 1.0 + 0.1 * v,
+            Kind::Bias => 0.1 * v,
+            Kind::Matrix => v / self.fan_in.sqrt(),
+        }
+    }
+}
+
+/// Serves every tensor a model asks for from the synthetic rule, straight into memory: a
+/// released-size checkpoint (13 GB of f32 for SDXL) is never written to disk. Values are
+/// made in f32 on the CPU, rounded to the requested dtype there, then moved to the device.
+struct SynthBackend;
+
+impl candle_nn::var_builder::SimpleBackend for SynthBackend {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: candle_core::DType,
+        dev: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let vals = synth_values_f32(name, s.dims());
+        candle_core::Tensor::from_vec(vals, s, &candle_core::Device::Cpu)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _: candle_core::DType,
+        _: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        candle_core::bail!("synthetic weights need a shape for {name}")
+    }
+
+    /// Every tensor exists under its current name; the legacy aliases some loaders probe
+    /// for (SDXL VAE `query/key/value`, DINOv2's `dinov2.` prefix) do not.
+    fn contains_tensor(&self, name: &str) -> bool {
+        !(name.ends_with("query.weight") || name.starts_with("dinov2."))
+    }
+}
+
+/// A `VarBuilder` whose every tensor comes from the synthetic rule (benchmarks at released
+/// sizes; the models load through their normal constructors).
+pub fn synth_var_builder(dtype: candle_core::DType, device: &candle_core::Device) -> candle_nn::VarBuilder<'static> {
+    candle_nn::VarBuilder::from_backend(Box::new(SynthBackend), dtype, device.clone())
 }
 
 /// One tensor of a synthetic checkpoint: name, shape, and dtype as the manifests spell it
@@ -157,5 +250,14 @@ mod tests {
             assert_eq!(got, want, "{name}");
         }
         assert_eq!(synth_values("bn.num_batches_tracked", &[]), vec![0.0]);
+    }
+
+    /// The parallel f32 path gives the sequential rule's values, across chunk boundaries.
+    #[test]
+    fn parallel_f32_matches_rule() {
+        for (name, shape) in [("big.weight", vec![3, 700_001]), ("big.bias", vec![2_100_003]), ("s.weight", vec![5])] {
+            let seq: Vec<f32> = synth_values(name, &shape).into_iter().map(|v| v as f32).collect();
+            assert_eq!(synth_values_f32(name, &shape), seq, "{name}");
+        }
     }
 }

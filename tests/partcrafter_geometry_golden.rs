@@ -486,24 +486,6 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
     assert!(cd <= 1.5 * floor);
 }
 
-/// The `partcrafter_geometry` bench suite, for machines where `lumen bench` is not wired yet:
-/// `cargo test --test partcrafter_geometry_golden bench -- --ignored --nocapture`
-/// (`LUMEN_BENCH_QUICK=1` for reduced sizes).
-#[test]
-#[ignore]
-fn partcrafter_geometry_bench() {
-    let opts = lumen::bench::BenchOptions {
-        iters: std::env::var("LUMEN_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
-        quick: std::env::var("LUMEN_BENCH_QUICK").is_ok_and(|v| v == "1"),
-    };
-    for r in lumen::models::partcrafter::extract::bench(&opts).unwrap() {
-        println!(
-            "{:<32} iters {:>2}  median {:>10.1} ms  min {:>10.1} ms  {}",
-            r.name, r.iters, r.median_ms, r.min_ms, r.note
-        );
-    }
-}
-
 /// A part without a surface (field never crosses 0 in the box) is an error in both modes, so the
 /// pipeline drops it instead of sampling a placeholder.
 #[test]

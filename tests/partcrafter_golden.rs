@@ -363,26 +363,11 @@ fn partcrafter_golden_checkpoint_errors() {
     assert!(e.contains("safetensors") && e.contains(TRANSFORMER_DIR));
 }
 
-/// `lumen bench partcrafter_dit` without the CLI (ignored: minutes on a CPU).
-/// `LUMEN_BENCH_QUICK=0` runs the full sizes.
-#[test]
-#[ignore]
-fn bench_partcrafter_dit() {
-    let quick = std::env::var("LUMEN_BENCH_QUICK").map_or(true, |v| v != "0");
-    let rows = lumen::models::partcrafter::bench::run(&lumen::bench::BenchOptions { iters: 3, quick }).unwrap();
-    for r in rows {
-        println!(
-            "{:<22} median {:>10.1} ms  min {:>10.1} ms  ({} iters)  {}",
-            r.name, r.median_ms, r.min_ms, r.iters, r.note
-        );
-    }
-}
-
 /// The FLOP count used by the benchmark agrees with the design guide's table for the
 /// released sizes (§6.1: 2.97 TFLOP for one part, 13.0 for four, per forward and branch).
 #[test]
 fn partcrafter_golden_flop_count_matches_guide() {
-    let cfg = lumen::models::partcrafter::bench::released_config();
+    let cfg = DitConfig::released();
     for (parts, want) in [(1usize, 2.97e12), (4, 13.0e12), (16, 70.3e12)] {
         let got = cfg.flops(parts, parts, 1024, 257);
         println!(

@@ -300,19 +300,3 @@ fn rmbg_golden_prepare_image_end_to_end() {
         assert!(diff <= 64, "too many differing output values: {diff}");
     }
 }
-
-/// Runs the `rmbg` benchmark suite (what `lumen bench rmbg` runs) and prints its rows:
-/// `cargo test --test rmbg_golden -- --ignored rmbg_bench --nocapture`.
-#[test]
-#[ignore]
-fn rmbg_bench_suite() {
-    let suite = lumen::bench::SUITES.iter().find(|(n, _)| *n == "rmbg").expect("rmbg suite").1;
-    let iters = std::env::var("LUMEN_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let rows = suite(&lumen::bench::BenchOptions { iters, quick: false }).unwrap();
-    for r in rows {
-        println!(
-            "{:<32} iters {}  median {:>10.1} ms  min {:>10.1} ms  {}",
-            r.name, r.iters, r.median_ms, r.min_ms, r.note
-        );
-    }
-}

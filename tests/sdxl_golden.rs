@@ -377,26 +377,3 @@ fn sdxl_golden_non_square_size() {
     let err = SdxlTurbo::load(&source, &Device::Cpu, &opts).err().expect("width 44 refused").to_string();
     assert!(err.contains("width 44"), "{err}");
 }
-
-/// `lumen bench sdxl` without the CLI: real SDXL Turbo sizes, synthetic weights, CPU f32.
-/// Slow (minutes, ~11 GB of RAM for the UNet); run with
-/// `cargo test --test sdxl_golden sdxl_bench -- --ignored --nocapture` (`LUMEN_BENCH_QUICK=1` skips the UNet).
-#[test]
-#[ignore]
-fn sdxl_bench_real_sizes() {
-    let opts =
-        lumen::bench::BenchOptions { iters: 1, quick: std::env::var("LUMEN_BENCH_QUICK").is_ok_and(|v| v == "1") };
-    // LUMEN_SDXL_BENCH_PARTS=unet_step,vae_decode selects parts.
-    let parts = std::env::var("LUMEN_SDXL_BENCH_PARTS").unwrap_or_default();
-    let rows = if parts.is_empty() {
-        lumen::models::sdxl::bench::run(&opts).unwrap()
-    } else {
-        lumen::models::sdxl::bench::run_parts(&opts, &parts.split(',').collect::<Vec<_>>()).unwrap()
-    };
-    for r in rows {
-        println!(
-            "bench {:<16} iters {} median {:>10.1} ms  min {:>10.1} ms  {}",
-            r.name, r.iters, r.median_ms, r.min_ms, r.note
-        );
-    }
-}

@@ -45,13 +45,10 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
     let cloud = sample_parts(&meshes, &sample)?;
     let area: f64 = meshes.iter().map(|m| m.area()).sum();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let row = |name: &str, (median, min): (f64, f64), note: String| BenchRow {
-        suite: "sampling".into(),
-        name: name.into(),
-        iters: opts.iters,
-        median_ms: median,
-        min_ms: min,
-        note,
+    // CPU work whatever the bench device: the row says so, with the process's peak memory.
+    let cpu = BenchOptions { device: candle_core::Device::Cpu, ..opts.clone() };
+    let row = |name: &str, t: (f64, f64), note: String| {
+        BenchRow::new("sampling", name, &cpu, opts.iters, t).no_dtype().note(note)
     };
     let whole = pool.install(|| measure(opts.iters, || sample_parts(&meshes, &sample).map(|_| ())))?;
     let attach = pool.install(|| {

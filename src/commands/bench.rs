@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 
 use super::{emit, emit_json, log};
-use crate::bench::{BenchOptions, SUITES};
+use crate::bench::{reset_peak, BenchOptions, BenchRow, SUITES};
 use crate::cli::BenchArgs;
 use crate::error::{exit, UsageError};
 
@@ -14,7 +14,10 @@ pub fn run(a: BenchArgs) -> Result<u8> {
         }
         return Ok(exit::OK);
     }
-    let opts = BenchOptions { iters: a.iters.max(1), quick: a.quick };
+    let mut opts = BenchOptions::new(a.iters, a.cpu, a.full)?;
+    if a.quick {
+        opts.quick = true;
+    }
     let chosen: Vec<_> = if a.suites.is_empty() {
         SUITES.iter().collect()
     } else {
@@ -31,16 +34,32 @@ pub fn run(a: BenchArgs) -> Result<u8> {
     if chosen.is_empty() {
         bail!("no benchmark suites are registered");
     }
+    let device = crate::bench::device_name(&opts.device);
+    let sizes = if opts.quick { "reduced sizes" } else { "released sizes" };
+    let dtype = crate::bench::dtype_name(opts.dtype);
     let mut rows = Vec::new();
+    if !a.json {
+        emit(&header());
+    }
     for (name, suite) in chosen {
-        log(&format!("running bench suite {name} ({} iterations after a warm-up)", opts.iters));
-        let got = suite(&opts)?;
-        if !a.json {
-            for r in &got {
-                emit(&format!(
-                    "{:<16} {:<44} median {:>10.3} ms  min {:>10.3} ms  {}",
-                    r.suite, r.name, r.median_ms, r.min_ms, r.note
-                ));
+        log(&format!(
+            "running bench suite {name} on {device} ({dtype}, {sizes}; {} iterations after a warm-up)",
+            opts.iters
+        ));
+        reset_peak();
+        let mut got = suite(&opts)?;
+        for r in &mut got {
+            if r.device.is_empty() {
+                r.device = device.clone();
+            }
+            if r.dtype.is_empty() {
+                r.dtype = dtype.clone();
+            }
+            if r.peak_mem_mib.is_none() {
+                r.peak_mem_mib = crate::bench::peak_mem_mib(&opts.device);
+            }
+            if !a.json {
+                emit(&table_line(r));
             }
         }
         rows.extend(got);
@@ -49,4 +68,28 @@ pub fn run(a: BenchArgs) -> Result<u8> {
         emit_json(&serde_json::to_value(&rows)?);
     }
     Ok(exit::OK)
+}
+
+fn header() -> String {
+    format!(
+        "{:<20} {:<48} {:<7} {:<5} {:>11} {:>11} {:>9} {:>10} {:>7}  note",
+        "suite", "row", "device", "dtype", "median ms", "min ms", "peak MiB", "ref ms", "ratio"
+    )
+}
+
+fn table_line(r: &BenchRow) -> String {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+    format!(
+        "{:<20} {:<48} {:<7} {:<5} {:>11.3} {:>11.3} {:>9} {:>10} {:>7}  {}",
+        r.suite,
+        r.name,
+        r.device,
+        r.dtype,
+        r.median_ms,
+        r.min_ms,
+        opt(r.peak_mem_mib, 0),
+        opt(r.reference_ms, 1),
+        opt(r.ratio, 2),
+        r.note
+    )
 }

@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::DType;
 use serde::Serialize;
 
 use super::{emit, emit_json, PipelineKind};
 use crate::asset::Asset;
-use crate::cli::PreflightArgs;
+use crate::cli::{DtypeArg, PreflightArgs};
 use crate::concept::{Catalog, Concept};
 use crate::error::exit;
+use crate::goldens::CaseResult;
 use crate::pipeline::partcrafter::{select_device, ModelOptions, PartCrafterGenerator};
 use crate::shape::{build_asset, ProceduralGenerator, ShapeGenerator, ShapeRequest};
 use crate::store::{Store, StoreOptions};
@@ -24,6 +26,9 @@ pub struct PreflightOptions {
     pub pipeline: PipelineKind,
     pub catalog: PathBuf,
     pub force_cpu: bool,
+    /// Golden folder to check the models' numerics against, and the precisions to run.
+    pub goldens: Option<PathBuf>,
+    pub goldens_dtypes: Vec<DType>,
     pub json: bool,
 }
 
@@ -35,6 +40,16 @@ impl PreflightOptions {
             pipeline: a.pipeline.into(),
             catalog: a.catalog,
             force_cpu: a.cpu,
+            goldens: a.goldens,
+            goldens_dtypes: a
+                .goldens_dtype
+                .iter()
+                .map(|d| match d {
+                    DtypeArg::F32 => DType::F32,
+                    DtypeArg::F16 => DType::F16,
+                    DtypeArg::Bf16 => DType::BF16,
+                })
+                .collect(),
             json: a.json,
         }
     }
@@ -90,6 +105,62 @@ fn check(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
 
 fn skipped(name: &str, why: &str) -> Check {
     Check { name: name.into(), status: "skipped".into(), detail: why.into(), ms: 0.0 }
+}
+
+/// `--goldens DIR`: every model's golden cases on the pipeline's device, once per precision
+/// (f32 and the pipeline's dtype unless `--goldens-dtype` says otherwise). One check per
+/// precision; the per-case results go to the report.
+fn goldens_checks(opts: &PreflightOptions, dir: &std::path::Path, cases: &mut Vec<CaseResult>) -> Vec<Check> {
+    let device = match select_device(opts.force_cpu) {
+        Ok(d) => d,
+        Err(e) => return vec![check("goldens", || Err(e))],
+    };
+    let mut dtypes = opts.goldens_dtypes.clone();
+    if dtypes.is_empty() {
+        dtypes.push(DType::F32);
+        dtypes.push(crate::device::model_dtype(&device));
+    }
+    dtypes.dedup();
+    dtypes
+        .into_iter()
+        .map(|dtype| {
+            let name = format!("goldens {} on {}", crate::bench::dtype_name(dtype), crate::bench::device_name(&device));
+            check(&name, || {
+                let got = crate::goldens::run(dir, &device, dtype)?;
+                let failed: Vec<String> = got
+                    .iter()
+                    .filter(|c| !c.pass)
+                    .map(|c| format!("{}/{} {}", c.component, c.case, c.worst.output))
+                    .collect();
+                let worst = got
+                    .iter()
+                    .max_by(|a, b| (a.worst.error / a.worst.tol).total_cmp(&(b.worst.error / b.worst.tol)))
+                    .map(|c| format!("{}/{} at {:.2e} of tol {:.1e}", c.component, c.case, c.worst.error, c.worst.tol))
+                    .unwrap_or_default();
+                let n = got.len();
+                cases.extend(got);
+                if !failed.is_empty() {
+                    bail!("{} of {n} golden cases outside tolerance: {}", failed.len(), failed.join(", "));
+                }
+                Ok(format!("{n} golden cases within tolerance; closest to its limit: {worst}"))
+            })
+        })
+        .collect()
+}
+
+fn golden_line(c: &CaseResult) -> String {
+    format!(
+        "  {:<4} {:<12} {:<24} {:<7} {:<5} {:<28} {:<15} {:>10.3e} {:>9.1e}",
+        if c.pass { "ok" } else { "FAIL" },
+        c.component,
+        c.case,
+        c.device,
+        c.dtype,
+        c.worst.output,
+        c.worst.metric,
+        c.worst.error,
+        c.worst.tol
+    )
 }
 
 pub fn run(opts: PreflightOptions) -> Result<u8> {
@@ -167,12 +238,26 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
         checks.push(skipped(RUN_CHECK, "--pipeline procedural"));
     }
 
+    let mut golden_cases = Vec::new();
+    if let Some(dir) = &opts.goldens {
+        checks.extend(goldens_checks(&opts, dir, &mut golden_cases));
+    }
+
     let failed = checks.iter().filter(|c| c.status == "fail").count();
     if opts.json {
-        emit_json(&serde_json::json!({ "ok": failed == 0, "checks": checks }));
+        emit_json(&serde_json::json!({ "ok": failed == 0, "checks": checks, "goldens": golden_cases }));
     } else {
         for c in &checks {
             emit(&format!("{:<8} {:<48} {:>8.1} ms  {}", c.status.to_uppercase(), c.name, c.ms, c.detail));
+        }
+        if !golden_cases.is_empty() {
+            emit(&format!(
+                "  {:<4} {:<12} {:<24} {:<7} {:<5} {:<28} {:<15} {:>10} {:>9}",
+                "", "component", "case", "device", "dtype", "worst output", "metric", "error", "tol"
+            ));
+            for c in &golden_cases {
+                emit(&golden_line(c));
+            }
         }
         emit(if failed == 0 { "preflight passed" } else { "preflight FAILED" });
     }

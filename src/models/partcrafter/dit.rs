@@ -61,6 +61,14 @@ pub struct DitConfig {
 }
 
 impl DitConfig {
+    /// The released `transformer/config.json` values (design guide §2.1): the serde defaults
+    /// with global attention in blocks 0, 2, …, 20.
+    pub fn released() -> Self {
+        let mut cfg: DitConfig = serde_json::from_str("{}").expect("defaults");
+        cfg.global_attn_block_ids = Some((0..cfg.num_layers).step_by(2).collect());
+        cfg
+    }
+
     /// Global blocks: the explicit list, else the inclusive range `[first, last]`.
     ///
     /// The reference falls back to *no* global block when both keys are missing or null; the

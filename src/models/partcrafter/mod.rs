@@ -7,7 +7,6 @@
 //! `feature_extractor_dinov2/`, `scheduler/`). The other half: the TripoSG-style SDF
 //! decoder ([`vae`]) and surface extraction ([`extract`]) turn each part's latents into a mesh.
 
-pub mod bench;
 pub mod block;
 pub mod dit;
 pub mod encoder;

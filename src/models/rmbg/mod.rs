@@ -9,7 +9,6 @@
 //! BatchNorm runs in inference mode and is folded into the preceding convolution at load
 //! time: one pass over each activation instead of two, same function up to f32 rounding.
 
-pub mod bench;
 pub mod prepare;
 
 use std::collections::HashMap;

@@ -10,7 +10,6 @@
 //! Randomness: the initial latents and any ancestral noise come from [`Rng`] streams
 //! derived from the concept's seed, so the same seed gives the same image on CPU.
 
-pub mod bench;
 pub mod clip;
 pub mod prompt;
 pub mod scheduler;
