@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+pub mod attention;
 pub mod sampling;
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub type Suite = fn(&BenchOptions) -> Result<Vec<BenchRow>>;
 /// Every benchmark suite by name (`lumen bench NAME`).
 pub const SUITES: &[(&str, Suite)] = &[
     ("sampling", sampling::run),
+    ("attention", attention::run),
+    ("attention_check", attention::check),
     ("sdxl", crate::models::sdxl::bench::run),
     ("rmbg", crate::models::rmbg::bench::run),
     ("partcrafter_dit", crate::models::partcrafter::bench::run),
