@@ -55,7 +55,9 @@ impl Default for Options {
 ///
 /// `q`: (b, h, lq, d); `k`, `v`: (b, h, lk, d) (v may have another last dim).
 /// `causal`: query i sees keys 0..=i + (lk − lq) (aligned at the end, as torch does
-/// for lq == lk; CLIP only uses lq == lk).
+/// for lq == lk; CLIP only uses lq == lk). A causal row that sees no key at all (only
+/// possible when lq > lk) is zeros on the CUDA paths and NaN on the blocked path; no model
+/// does this.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
     Ok(attention_with(q, k, v, scale, causal, &Options::default())?.0)
 }
@@ -386,7 +388,9 @@ mod tests {
         let (b, h, lq, lk, d) = (1, 2, 40, 40, 8);
         let mut rng = crate::rng::Rng::new(99);
         let dev = Device::Cpu;
-        let t = |len: usize, rng: &mut crate::rng::Rng| Tensor::from_vec(rng.normal_vec(b * h * len * d), (b, h, len, d), &dev).unwrap();
+        let t = |len: usize, rng: &mut crate::rng::Rng| {
+            Tensor::from_vec(rng.normal_vec(b * h * len * d), (b, h, len, d), &dev).unwrap()
+        };
         let (q, k, v) = (t(lq, &mut rng), t(lk, &mut rng), t(lk, &mut rng));
         let whole = attention(&q, &k, &v, 0.3, true).unwrap();
         let opts = Options { score_budget_bytes: 3 * b * h * lk * 4, ..Options::default() };

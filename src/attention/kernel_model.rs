@@ -232,7 +232,16 @@ mod tests {
     }
 
     /// f64 reference of one head; a causal row that sees no key is zeros (as the kernel writes).
-    fn reference(q: &[f32], k: &[f32], v: &[f32], lq: usize, lk: usize, d: usize, scale: f64, causal: bool) -> Vec<f64> {
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        lq: usize,
+        lk: usize,
+        d: usize,
+        scale: f64,
+        causal: bool,
+    ) -> Vec<f64> {
         let mut out = vec![0.0; lq * d];
         for i in 0..lq {
             let visible = if causal { (i + lk).saturating_sub(lq - 1).min(lk) } else { lk };
@@ -267,7 +276,8 @@ mod tests {
                 let mut gen = |n: usize| -> Vec<f32> { rng.normal_vec(n).into_iter().map(round).collect() };
                 let (q, k, v) = (gen(lq * d), gen(lk * d), gen(lk * d));
                 let scale = 1.0 / (d as f64).sqrt();
-                let got = fused_forward(&q, &k, &v, lq, lk, d, (scale * std::f64::consts::LOG2_E) as f32, causal, round);
+                let got =
+                    fused_forward(&q, &k, &v, lq, lk, d, (scale * std::f64::consts::LOG2_E) as f32, causal, round);
                 let want = reference(&q, &k, &v, lq, lk, d, scale, causal);
                 assert!(got.iter().all(|x| x.is_finite()), "unwritten or non-finite output");
                 let num: f64 = got.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
