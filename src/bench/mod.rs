@@ -19,6 +19,7 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use serde::Serialize;
 
+pub mod attention;
 pub mod concept;
 pub mod geometry;
 pub mod partcrafter;
@@ -211,6 +212,8 @@ pub type Suite = fn(&BenchOptions) -> Result<Vec<BenchRow>>;
 /// Every benchmark suite by name (`lumen bench NAME`), in the order `lumen bench` runs them.
 pub const SUITES: &[(&str, Suite)] = &[
     ("sampling", sampling::run),
+    ("attention", attention::run),
+    ("attention_check", attention::check),
     ("sdxl", sdxl::run),
     ("rmbg", rmbg::run),
     ("partcrafter_dit", partcrafter::run),
