@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod concept;
+pub mod conv;
 pub mod cuda;
 pub mod device;
 pub mod error;

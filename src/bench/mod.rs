@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+pub mod conv;
 pub mod sampling;
 
 #[derive(Debug, Clone)]
@@ -52,4 +53,6 @@ pub const SUITES: &[(&str, Suite)] = &[
     ("rmbg", crate::models::rmbg::bench::run),
     ("partcrafter_dit", crate::models::partcrafter::bench::run),
     ("partcrafter_geometry", crate::models::partcrafter::extract::bench),
+    ("conv", conv::run),
+    ("conv_check", conv::check),
 ];

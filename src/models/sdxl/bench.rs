@@ -61,7 +61,12 @@ impl SimpleBackend for SynthBackend {
 }
 
 fn synth_vb() -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(SynthBackend { params: Default::default() }), DType::F32, Device::Cpu)
+    synth_vb_on(&Device::Cpu)
+}
+
+/// Synthetic weights (f32) created on `device` (the conv bench runs the VAE on the GPU).
+pub fn synth_vb_on(device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(SynthBackend { params: Default::default() }), DType::F32, device.clone())
 }
 
 fn row(name: &str, iters: usize, (median, min): (f64, f64), note: String) -> BenchRow {

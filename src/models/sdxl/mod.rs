@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod clip;
 pub mod prompt;
+pub mod resnet;
 pub mod scheduler;
 pub mod synthetic;
 pub mod tokenizer;
