@@ -140,7 +140,7 @@ fn announce_path() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, ModuleT};
 
     /// The layer is candle-nn's convolution on the CPU, bias and BatchNorm folding included.
     #[test]

@@ -168,7 +168,10 @@ fn launch<T: candle_core::cuda::CudaDType + DeviceRepr>(
         let bufs = Buffers { x: xp, w: wp, bias: bp.as_ref().map(|(p, _)| *p), y: yp };
         // Safety: every address is a live allocation of candle's device, on the engine's
         // stream, with the element type and counts of `s` (checked above and by the layouts).
-        with_engine(&stream, |engine| unsafe { engine.forward(s, &bufs) }.map_err(candle_core::Error::wrap))?;
+        with_engine(&stream, |engine| {
+            let measured = unsafe { engine.forward(s, &bufs) };
+            measured.map_err(candle_core::Error::wrap)
+        })?;
     }
     let (ho, wo) = s.out_hw();
     Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((s.batch, s.c_out, ho, wo))))

@@ -12,6 +12,8 @@ use candle_nn::VarBuilder;
 
 /// GroupNorm over (N, C, ...) with a per-channel affine, as `torch.nn.GroupNorm`.
 #[derive(Debug, Clone)]
+// The parameters are read again only by the CUDA kernel.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub struct GroupNorm {
     inner: candle_nn::GroupNorm,
     weight: Tensor,
@@ -185,43 +187,47 @@ mod cuda {
             let mut partial = unsafe { dev.alloc::<f32>(num_groups * chunks * 3) }?;
             let mut stats = unsafe { dev.alloc::<f32>(num_groups * 2) }?;
             let mut y = unsafe { dev.alloc::<T>(total) }?;
-            let err = candle_core::Error::wrap;
-
-            let (group_len_i, chunks_i) = (group_len as i64, chunks as i32);
-            let f = dev.get_or_load_custom_func(&format!("gn_partial_{suffix}"), MODULE, GROUPNORM_PTX)?;
-            let mut args = f.builder();
-            args.arg(&xs).arg(&mut partial).arg(&group_len_i).arg(&chunks_i);
-            let cfg = LaunchConfig {
-                grid_dim: (chunks as u32, num_groups as u32, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe { args.launch(cfg) }.map_err(err)?;
-
-            let (num_groups_i, eps) = (num_groups as i64, self.eps);
-            let f = dev.get_or_load_custom_func("gn_finalize", MODULE, GROUPNORM_PTX)?;
-            let mut args = f.builder();
-            args.arg(&partial).arg(&mut stats).arg(&num_groups_i).arg(&chunks_i).arg(&eps);
-            let cfg = LaunchConfig {
-                grid_dim: (num_groups.div_ceil(128) as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe { args.launch(cfg) }.map_err(err)?;
-
+            let err = |e: cudarc::driver::DriverError| candle_core::Error::wrap(e);
+            let (group_len_i, chunks_i, num_groups_i, eps) = (group_len as i64, chunks as i32, num_groups as i64, self.eps);
             let (hw_i, c_i, cpg_i, silu_i) = (hw as i64, c as i64, cpg as i64, self.silu as i32);
-            let f = dev.get_or_load_custom_func(&format!("gn_apply_{suffix}"), MODULE, GROUPNORM_PTX)?;
-            let mut args = f.builder();
-            args.arg(&xs).arg(&gs).arg(&bs).arg(&stats).arg(&mut y).arg(&hw_i).arg(&c_i).arg(&cpg_i).arg(&silu_i);
-            // About four elements a thread along each (n, c) plane.
-            let blocks_x = hw.div_ceil(THREADS as usize * 4).clamp(1, 65_535);
-            let cfg = LaunchConfig {
-                grid_dim: (blocks_x as u32, (n * c) as u32, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe { args.launch(cfg) }.map_err(err)?;
-
+            {
+                let f = dev.get_or_load_custom_func(&format!("gn_partial_{suffix}"), MODULE, GROUPNORM_PTX)?;
+                let mut args = f.builder();
+                args.arg(&xs).arg(&mut partial).arg(&group_len_i).arg(&chunks_i);
+                let cfg = LaunchConfig {
+                    grid_dim: (chunks as u32, num_groups as u32, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                unsafe { args.launch(cfg) }.map_err(err)?;
+            }
+            {
+                let f = dev.get_or_load_custom_func("gn_finalize", MODULE, GROUPNORM_PTX)?;
+                let mut args = f.builder();
+                args.arg(&partial).arg(&mut stats).arg(&num_groups_i).arg(&chunks_i).arg(&eps);
+                let cfg = LaunchConfig {
+                    grid_dim: (num_groups.div_ceil(128) as u32, 1, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                unsafe { args.launch(cfg) }.map_err(err)?;
+            }
+            {
+                let f = dev.get_or_load_custom_func(&format!("gn_apply_{suffix}"), MODULE, GROUPNORM_PTX)?;
+                let mut args = f.builder();
+                args.arg(&xs).arg(&gs).arg(&bs).arg(&stats).arg(&mut y);
+                args.arg(&hw_i).arg(&c_i).arg(&cpg_i).arg(&silu_i);
+                // About four elements a thread along each (n, c) plane.
+                let blocks_x = hw.div_ceil(THREADS as usize * 4).clamp(1, 65_535);
+                let cfg = LaunchConfig {
+                    grid_dim: (blocks_x as u32, (n * c) as u32, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                unsafe { args.launch(cfg) }.map_err(err)?;
+            }
+            // The scratch buffers are freed on the stream, after the kernels that use them.
+            drop((partial, stats));
             Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from(dims)))
         }
     }
