@@ -352,7 +352,8 @@ fn check_group_norm(device: &Device, failures: &mut Vec<String>) -> Result<Vec<B
     let shapes = [(512, 64, 32), (256, 256, 32), (128, 512, 32), (320, 64, 32)];
     for (c, side, groups) in shapes {
         let (c, side) = sized(c, side, device);
-        let groups = groups.min(c);
+        // Reduced (CPU) channel counts are multiples of 8, not of 32.
+        let groups = if device.is_cuda() { groups } else { 8 };
         for dtype in [DType::F32, DType::F16] {
             let x = (random(&[1, c, side, side], 1.0, 21, dtype, &Device::Cpu)? + 0.5)?;
             let gamma = (random(&[c], 0.1, 22, dtype, &Device::Cpu)? + 1.0)?;
