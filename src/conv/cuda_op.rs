@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::cudnn::{Buffers, Choice, ConvShape, ElemType, Engine};
 use super::Conv2dConfig;

@@ -77,7 +77,8 @@ pub fn group_norm_reference(x: &Tensor, norm: &GroupNorm, silu: bool) -> Result<
 mod cuda {
     use candle_core::cuda::CudaDType;
     use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-    use cudarc::driver::{DeviceRepr, DeviceSlice, LaunchConfig};
+    use candle_core::backend::BackendStorage;
+    use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
     use crate::cuda::ptx::GROUPNORM_PTX;
 
