@@ -18,9 +18,9 @@
 //! convolutions, it is what the same networks spend their time on.
 
 #[cfg(feature = "cudnn")]
-pub mod cudnn;
-#[cfg(feature = "cudnn")]
 mod cuda_op;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 mod group_norm;
 
 pub use group_norm::{group_norm, group_norm_reference, GroupNorm};

@@ -128,7 +128,13 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
                 let t = time_calls(opts.iters, calls, &device, || {
                     Ok(conv::conv2d_im2col(&x, conv.weight(), conv.bias(), *conv.config()).map(|_| ())?)
                 })?;
-                rows.push(row("conv", format!("{} {dtype:?} im2col", s.name), opts.iters, t, "candle im2col + GEMM".into()));
+                rows.push(row(
+                    "conv",
+                    format!("{} {dtype:?} im2col", s.name),
+                    opts.iters,
+                    t,
+                    "candle im2col + GEMM".into(),
+                ));
             }
         }
     }
@@ -323,7 +329,11 @@ fn check_networks(device: &Device, failures: &mut Vec<String>) -> Result<Vec<Ben
     std::fs::create_dir_all(&dir)?;
     let outs = (|| -> Result<(Tensor, Tensor)> {
         let rcfg = Config::default();
-        crate::synth::write_synthetic_safetensors(&BriaRmbg::tensor_specs(&rcfg), None, &dir.join("model.safetensors"))?;
+        crate::synth::write_synthetic_safetensors(
+            &BriaRmbg::tensor_specs(&rcfg),
+            None,
+            &dir.join("model.safetensors"),
+        )?;
         let x = random(&[1, 3, 256, 256], 0.5, 32, DType::F32, &cpu)?;
         let want = BriaRmbg::load_dir(&dir, &cpu)?.forward_mask(&x)?;
         let got = BriaRmbg::load_dir(&dir, device)?.forward_mask(&x.to_device(device)?)?;
@@ -358,7 +368,8 @@ fn check_group_norm(device: &Device, failures: &mut Vec<String>) -> Result<Vec<B
             let x = (random(&[1, c, side, side], 1.0, 21, dtype, &Device::Cpu)? + 0.5)?;
             let gamma = (random(&[c], 0.1, 22, dtype, &Device::Cpu)? + 1.0)?;
             let beta = random(&[c], 0.1, 23, dtype, &Device::Cpu)?;
-            let f32_norm = conv::GroupNorm::new(gamma.to_dtype(DType::F32)?, beta.to_dtype(DType::F32)?, c, groups, 1e-6)?;
+            let f32_norm =
+                conv::GroupNorm::new(gamma.to_dtype(DType::F32)?, beta.to_dtype(DType::F32)?, c, groups, 1e-6)?;
             let want = conv::group_norm_reference(&x.to_dtype(DType::F32)?, &f32_norm, true)?;
             let norm = conv::GroupNorm::new(gamma.to_device(device)?, beta.to_device(device)?, c, groups, 1e-6)?;
             let xd = x.to_device(device)?;

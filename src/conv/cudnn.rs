@@ -112,7 +112,10 @@ pub enum Error {
     /// No algorithm could run this shape within the workspace cap.
     NoAlgorithm(ConvShape),
     /// cuDNN's own output-size computation disagrees with ours (a bug in the caller's shape).
-    OutputMismatch { ours: [usize; 4], cudnn: [c_int; 4] },
+    OutputMismatch {
+        ours: [usize; 4],
+        cudnn: [c_int; 4],
+    },
 }
 
 impl std::fmt::Display for Error {
@@ -185,7 +188,8 @@ impl Plan {
         let mut p = Plan::empty();
         unsafe {
             p.x = result::create_tensor_descriptor().at("create x descriptor")?;
-            result::set_tensor4d_descriptor(p.x, nchw, dt, [i(s.batch), i(s.c_in), i(s.h), i(s.w)]).at("x descriptor")?;
+            result::set_tensor4d_descriptor(p.x, nchw, dt, [i(s.batch), i(s.c_in), i(s.h), i(s.w)])
+                .at("x descriptor")?;
             p.w = result::create_filter_descriptor().at("create filter descriptor")?;
             result::set_filter4d_descriptor(p.w, dt, nchw, [i(s.c_out), i(s.c_in / s.groups), i(s.k_h), i(s.k_w)])
                 .at("filter descriptor")?;
@@ -208,7 +212,8 @@ impl Plan {
             result::set_convolution_group_count(p.conv, i(s.groups)).at("group count")?;
             result::set_convolution_math_type(p.conv, requested_math(s.dtype, allow_tf32)).at("math type")?;
             p.y = result::create_tensor_descriptor().at("create y descriptor")?;
-            result::set_tensor4d_descriptor(p.y, nchw, dt, [i(s.batch), i(s.c_out), i(ho), i(wo)]).at("y descriptor")?;
+            result::set_tensor4d_descriptor(p.y, nchw, dt, [i(s.batch), i(s.c_out), i(ho), i(wo)])
+                .at("y descriptor")?;
             if s.bias {
                 let b = result::create_tensor_descriptor().at("create bias descriptor")?;
                 p.bias = Some(b);
@@ -216,9 +221,7 @@ impl Plan {
             }
             let mut got: [c_int; 4] = [0; 4];
             let [n, c, h, w] = &mut got;
-            sys::cudnnGetConvolution2dForwardOutputDim(p.conv, p.x, p.w, n, c, h, w)
-                .result()
-                .at("output size")?;
+            sys::cudnnGetConvolution2dForwardOutputDim(p.conv, p.x, p.w, n, c, h, w).result().at("output size")?;
             let ours = [s.batch, s.c_out, ho, wo];
             if got.iter().zip(ours).any(|(&g, o)| g as usize != o) {
                 return Err(Error::OutputMismatch { ours, cudnn: got });
@@ -416,7 +419,8 @@ unsafe fn find_algorithm(
     let mut need = 0usize;
     for algo in ALGOS {
         // Unsupported algorithms report an error status here; they are skipped.
-        if let Ok(bytes) = result::get_convolution_forward_workspace_size(handle, plan.x, plan.w, plan.conv, plan.y, algo)
+        if let Ok(bytes) =
+            result::get_convolution_forward_workspace_size(handle, plan.x, plan.w, plan.conv, plan.y, algo)
         {
             if bytes <= WORKSPACE_CAP_BYTES {
                 need = need.max(bytes);

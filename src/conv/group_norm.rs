@@ -75,9 +75,9 @@ pub fn group_norm_reference(x: &Tensor, norm: &GroupNorm, silu: bool) -> Result<
 
 #[cfg(feature = "cuda")]
 mod cuda {
+    use candle_core::backend::BackendStorage;
     use candle_core::cuda::CudaDType;
     use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-    use candle_core::backend::BackendStorage;
     use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
     use crate::cuda::ptx::GROUPNORM_PTX;
@@ -189,7 +189,8 @@ mod cuda {
             let mut stats = unsafe { dev.alloc::<f32>(num_groups * 2) }?;
             let mut y = unsafe { dev.alloc::<T>(total) }?;
             let err = |e: cudarc::driver::DriverError| candle_core::Error::wrap(e);
-            let (group_len_i, chunks_i, num_groups_i, eps) = (group_len as i64, chunks as i32, num_groups as i64, self.eps);
+            let (group_len_i, chunks_i, num_groups_i, eps) =
+                (group_len as i64, chunks as i32, num_groups as i64, self.eps);
             let (hw_i, c_i, cpg_i, silu_i) = (hw as i64, c as i64, cpg as i64, self.silu as i32);
             {
                 let f = dev.get_or_load_custom_func(&format!("gn_partial_{suffix}"), MODULE, GROUPNORM_PTX)?;

@@ -99,7 +99,12 @@ pub struct UpDecoderBlock2D {
 }
 
 impl UpDecoderBlock2D {
-    pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, config: UpDecoderBlock2DConfig) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        config: UpDecoderBlock2DConfig,
+    ) -> Result<Self> {
         let res_cfg = ResnetBlock2DConfig {
             out_channels: Some(out_channels),
             eps: config.resnet_eps,
