@@ -39,12 +39,13 @@ pub fn describe() -> String {
 fn with_engine<R>(stream: &Arc<CudaStream>, f: impl FnOnce(&mut Engine) -> Result<R>) -> Result<R> {
     ENGINES.with(|engines| {
         let mut engines = engines.borrow_mut();
-        let key = stream.cu_stream() as usize;
-        if !engines.contains_key(&key) {
-            let engine = Engine::new(stream.clone(), allow_tf32()).map_err(candle_core::Error::wrap)?;
-            engines.insert(key, engine);
-        }
-        f(engines.get_mut(&key).expect("inserted above"))
+        let engine = match engines.entry(stream.cu_stream() as usize) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Engine::new(stream.clone(), allow_tf32()).map_err(candle_core::Error::wrap)?)
+            }
+        };
+        f(engine)
     })
 }
 
