@@ -51,8 +51,11 @@ const TORCH_RMBG_1024_MS: f64 = 19.3;
 /// Limit the issue sets on lumen's time over torch's, per convolution shape.
 const MAX_RATIO: f64 = 1.5;
 
+/// The run's device, logged once with its name (BENCHMARKS.md records the card).
 fn device() -> Result<Device> {
-    crate::pipeline::partcrafter::select_device(false)
+    let device = crate::device::select_device(false)?;
+    crate::commands::log(&crate::device::describe(&device).summary());
+    Ok(device)
 }
 
 /// (channels, side) actually run: full size on a GPU, reduced on the CPU.
