@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod concept;
+pub mod conv;
 pub mod cuda;
 pub mod device;
 pub mod error;

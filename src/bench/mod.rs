@@ -25,6 +25,7 @@ pub mod geometry;
 pub mod partcrafter;
 pub mod peer;
 pub mod rmbg;
+pub mod conv;
 pub mod sampling;
 pub mod sdxl;
 
@@ -219,4 +220,6 @@ pub const SUITES: &[(&str, Suite)] = &[
     ("partcrafter_dit", partcrafter::run),
     ("partcrafter_geometry", geometry::run),
     ("concept", concept::run),
+    ("conv", conv::run),
+    ("conv_check", conv::check),
 ];

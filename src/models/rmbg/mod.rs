@@ -16,10 +16,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 use image::{GrayImage, RgbImage};
 use serde::Deserialize;
 
+use crate::conv::{conv2d, Conv2d, Conv2dConfig};
 use crate::pipeline::{BackgroundRemoval, PreparedImage, Timings};
 use crate::synth::TensorSpec;
 use crate::weights::{self, WeightsSource};
@@ -108,7 +109,7 @@ struct RebnConv {
 impl RebnConv {
     fn new(cin: usize, cout: usize, dilation: usize, vb: VarBuilder) -> Result<Self> {
         let cfg = Conv2dConfig { padding: dilation, dilation, ..Default::default() };
-        let conv = candle_nn::conv2d(cin, cout, 3, cfg, vb.pp("conv_s1"))?;
+        let conv = conv2d(cin, cout, 3, cfg, vb.pp("conv_s1"))?;
         let bn = candle_nn::batch_norm(cout, BN_EPS, vb.pp("bn_s1"))?;
         Ok(Self { conv: conv.absorb_bn(&bn)? })
     }
@@ -262,7 +263,7 @@ impl BriaRmbg {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let c3 = |cin, cout, stride, vb: VarBuilder| {
             let cfg = Conv2dConfig { padding: 1, stride, ..Default::default() };
-            candle_nn::conv2d(cin, cout, 3, cfg, vb)
+            conv2d(cin, cout, 3, cfg, vb)
         };
         // conv_in: stride 2, no BatchNorm, no ReLU (the input is halved before stage1).
         let conv_in = c3(cfg.in_ch, 64, 2, vb.pp("conv_in"))?;

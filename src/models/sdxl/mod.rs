@@ -12,6 +12,7 @@
 
 pub mod clip;
 pub mod prompt;
+pub mod resnet;
 pub mod scheduler;
 pub mod synthetic;
 pub mod tokenizer;

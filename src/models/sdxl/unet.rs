@@ -3,20 +3,19 @@
 //! candle's `UNet2DConditionModel` has no added text-time conditioning (the pooled text
 //! embedding and the size/crop ids would be ignored: 9 % off on the golden model), and its
 //! transformer blocks use the tanh GELU in the GEGLU where diffusers uses the exact one.
-//! So the top level and the transformer blocks are written here; candle's resnet block,
-//! timestep projection and timestep MLP compute exactly what diffusers computes and are
-//! reused. Attention goes through [`crate::attention::attention`].
+//! So the top level and the transformer blocks are written here; candle's timestep
+//! projection and timestep MLP compute exactly what diffusers computes and are reused, the
+//! resnet block is [`super::resnet`]'s (every convolution on [`crate::conv`]). Attention
+//! goes through [`crate::attention::attention`].
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear,
-    VarBuilder,
-};
+use candle_nn::{group_norm, layer_norm, linear, linear_no_bias, GroupNorm, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use serde::Deserialize;
 
+use super::resnet::{norm_silu, ResnetBlock2D, ResnetBlock2DConfig};
 use crate::attention::attention;
+use crate::conv::{conv2d, Conv2d, Conv2dConfig};
 
 /// A list-or-scalar config value (diffusers accepts both for per-block settings).
 #[derive(Debug, Clone, Deserialize)]
@@ -266,7 +265,7 @@ pub struct UNet {
     mid_resnets: Vec<ResnetBlock2D>,
     mid_attentions: Vec<SpatialTransformer>,
     up: Vec<Block>,
-    conv_norm_out: GroupNorm,
+    conv_norm_out: crate::conv::GroupNorm,
     conv_out: Conv2d,
     pub config: UNetConfig,
 }
@@ -415,7 +414,7 @@ impl UNet {
             mid_resnets,
             mid_attentions,
             up,
-            conv_norm_out: group_norm(cfg.norm_num_groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_norm_out: crate::conv::group_norm(cfg.norm_num_groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?,
             conv_out: conv2d(ch[0], cfg.out_channels, 3, pad1, vb.pp("conv_out"))?,
             config: cfg.clone(),
         })
@@ -490,7 +489,6 @@ impl UNet {
             }
         }
 
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        self.conv_out.forward(&norm_silu(&self.conv_norm_out, &xs)?)
     }
 }

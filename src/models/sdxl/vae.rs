@@ -2,15 +2,16 @@
 //! decoder. Only the decoding half is built, so only `decoder.*` and `post_quant_conv.*`
 //! are read from the checkpoint.
 //!
-//! candle's resnet and up-decoder blocks compute exactly what diffusers computes and are
-//! reused; the mid-block self-attention is written here so that it goes through lumen's
+//! The resnet and up-decoder blocks are [`super::resnet`]'s (diffusers' computation, with
+//! every convolution on [`crate::conv`]); the mid-block self-attention is written here so that it goes through lumen's
 //! one attention entry point (its 4096-token score matrix at 512² is what that entry
 //! point bounds on CPU).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{UpDecoderBlock2D, UpDecoderBlock2DConfig};
+use candle_nn::{group_norm, linear, GroupNorm, Linear, VarBuilder};
+
+use super::resnet::{norm_silu, ResnetBlock2D, ResnetBlock2DConfig, UpDecoderBlock2D, UpDecoderBlock2DConfig};
+use crate::conv::{conv2d, Conv2d, Conv2dConfig};
 use serde::Deserialize;
 
 fn d_channels() -> Vec<usize> {
@@ -115,7 +116,7 @@ pub struct VaeDecoder {
     mid_attention: Option<MidAttention>,
     mid_resnet_1: ResnetBlock2D,
     up_blocks: Vec<UpDecoderBlock2D>,
-    conv_norm_out: GroupNorm,
+    conv_norm_out: crate::conv::GroupNorm,
     conv_out: Conv2d,
     pub config: VaeConfig,
 }
@@ -173,7 +174,7 @@ impl VaeDecoder {
             mid_attention,
             mid_resnet_1: ResnetBlock2D::new(mid.pp("resnets").pp(1), top, mid_cfg)?,
             up_blocks,
-            conv_norm_out: group_norm(groups, ch[0], VAE_EPS, d.pp("conv_norm_out"))?,
+            conv_norm_out: crate::conv::group_norm(groups, ch[0], VAE_EPS, d.pp("conv_norm_out"))?,
             conv_out: conv2d(ch[0], config.out_channels, 3, pad1, d.pp("conv_out"))?,
             config: config.clone(),
         })
@@ -194,8 +195,7 @@ impl VaeDecoder {
         for b in &self.up_blocks {
             xs = b.forward(&xs)?;
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        self.conv_out.forward(&norm_silu(&self.conv_norm_out, &xs)?)
     }
 
     /// Sampler latents → image: divides by `scaling_factor` first.
