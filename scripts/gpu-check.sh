@@ -91,20 +91,25 @@ nvidia-smi 2>&1 | head -20 >>"$log"
 "$bin" --version 2>&1 | tee -a "$log"
 
 say "== goldens on the GPU (f32 and the pipeline's f16)"
-step goldens 120 "$bin" preflight --pipeline procedural --store "$out/store" --goldens tests/goldens --json
+# The goldens were recorded in strict f32: convolutions without TF32 too.
+LUMEN_CUDNN_TF32=0 step goldens 120 "$bin" preflight --pipeline procedural --store "$out/store" --goldens tests/goldens --json
 goldens_rc=$?
 suites=$("$bin" bench --list 2>/dev/null)
 has() { printf '%s\n' "$suites" | grep -qx "$1"; }
 
 say "== kernel checks"
 checks_rc=0
-for s in attention conv; do
+for s in attention_check conv_check; do
     if has "$s"; then
-        step "check_$s" 45 "$bin" bench "$s" --check --json || checks_rc=1
+        step "$s" 90 "$bin" bench "$s" --json || checks_rc=1
     else
         say "  no '$s' suite in this binary"
     fi
 done
+# Strict f32 convolutions (no TF32): the tolerance the CPU goldens use.
+if has conv_check; then
+    LUMEN_CUDNN_TF32=0 step conv_check_strict 60 "$bin" bench conv_check --json || checks_rc=1
+fi
 
 say "== bench at released sizes ($iters iterations after a warm-up; the concept: 1)"
 # The whole concept first (the number that matters most), then the stages.

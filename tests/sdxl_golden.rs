@@ -339,6 +339,7 @@ fn sdxl_golden_non_square_size() {
         weights_dir: Some(tmp.path().to_path_buf()),
         cache_dir: tmp.path().join("no-cache"),
         offline: true,
+        revisions: Default::default(),
     };
     let load = |height, width| {
         let opts = SdxlOptions { height: Some(height), width: Some(width), ..options_from(&manifest) };

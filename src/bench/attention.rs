@@ -133,7 +133,11 @@ fn time_one(dev: &Device, s: &Shape, dtype: DType, path: Path, opts: &BenchOptio
         iters: opts.iters,
         median_ms: median,
         min_ms: min,
+        dtype: crate::device::dtype_name(dtype).into(),
+        reference_ms: s.sdpa_ms,
+        ratio: s.sdpa_ms.map(|r| median / r),
         note: format!("{rate} on {card}{vs_sdpa}"),
+        ..Default::default()
     })
 }
 
@@ -263,6 +267,7 @@ pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
                         median_ms: ms,
                         min_ms: ms,
                         note,
+                        ..Default::default()
                     });
                 }
             }
@@ -316,7 +321,7 @@ mod tests {
         if cfg!(feature = "cuda") {
             return; // the suite opens the GPU in a CUDA build
         }
-        let rows = check(&BenchOptions { iters: 1, quick: true }).unwrap();
+        let rows = check(&BenchOptions::cpu(1, true)).unwrap();
         assert_eq!(rows.len(), CHECK_CPU.len() * 4);
     }
 }

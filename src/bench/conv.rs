@@ -100,7 +100,7 @@ fn time_calls(iters: usize, calls: usize, device: &Device, mut f: impl FnMut() -
 }
 
 fn row(suite: &str, name: String, iters: usize, (median_ms, min_ms): (f64, f64), note: String) -> BenchRow {
-    BenchRow { suite: suite.into(), name, iters, median_ms, min_ms, note }
+    BenchRow { suite: suite.into(), name, iters, median_ms, min_ms, note, ..Default::default() }
 }
 
 /// `lumen bench conv`.
@@ -148,7 +148,8 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
 
 /// SDXL VAE decode (f32, as the reference upcasts it); latent 64² → 512² on a GPU, 8² on the CPU.
 fn vae_decode(opts: &BenchOptions, device: &Device) -> Result<BenchRow> {
-    use crate::models::sdxl::bench::{synth_vb_on, VAE_CONFIG};
+    use super::sdxl::VAE_CONFIG;
+    let synth_vb_on = |d: &Device| crate::synth::synth_var_builder(DType::F32, d);
     use crate::models::sdxl::vae::{VaeConfig, VaeDecoder};
     let cfg: VaeConfig = serde_json::from_str(VAE_CONFIG)?;
     let vae = VaeDecoder::new(synth_vb_on(device), &cfg)?;
@@ -316,7 +317,8 @@ pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
 /// device against the same on the CPU, f32: the error the GPU goldens should expect.
 fn check_networks(device: &Device, failures: &mut Vec<String>) -> Result<Vec<BenchRow>> {
     use crate::models::rmbg::{BriaRmbg, Config};
-    use crate::models::sdxl::bench::{synth_vb_on, VAE_CONFIG};
+    use super::sdxl::VAE_CONFIG;
+    let synth_vb_on = |d: &Device| crate::synth::synth_var_builder(DType::F32, d);
     use crate::models::sdxl::vae::{VaeConfig, VaeDecoder};
     let cpu = Device::Cpu;
     let tol = network_tolerance();

@@ -255,7 +255,7 @@ mod tests {
         let img = render(&asset, &points);
         assert_eq!((img.width(), img.height()), (WIDTH, HEIGHT));
         let (x0, y0) = view_origin(View::Front);
-        let mut left_of = |id: u8| {
+        let left_of = |id: u8| {
             let mut xs = Vec::new();
             for y in y0..y0 + VIEW {
                 for x in x0..x0 + VIEW {
