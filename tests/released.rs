@@ -280,7 +280,12 @@ fn copy_dir(src: &Path, dst: &Path) {
 }
 
 fn source(dir: &Path) -> WeightsSource {
-    WeightsSource { weights_dir: Some(dir.to_path_buf()), cache_dir: dir.join("no-cache"), offline: true, revisions: Default::default() }
+    WeightsSource {
+        weights_dir: Some(dir.to_path_buf()),
+        cache_dir: dir.join("no-cache"),
+        offline: true,
+        revisions: Default::default(),
+    }
 }
 
 #[test]

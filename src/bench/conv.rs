@@ -316,8 +316,8 @@ pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
 /// The SDXL VAE decoder (latent 16² → 128²) and BriaRMBG (256²) with synthetic weights on the
 /// device against the same on the CPU, f32: the error the GPU goldens should expect.
 fn check_networks(device: &Device, failures: &mut Vec<String>) -> Result<Vec<BenchRow>> {
-    use crate::models::rmbg::{BriaRmbg, Config};
     use super::sdxl::VAE_CONFIG;
+    use crate::models::rmbg::{BriaRmbg, Config};
     let synth_vb_on = |d: &Device| crate::synth::synth_var_builder(DType::F32, d);
     use crate::models::sdxl::vae::{VaeConfig, VaeDecoder};
     let cpu = Device::Cpu;

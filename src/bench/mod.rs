@@ -21,11 +21,11 @@ use serde::Serialize;
 
 pub mod attention;
 pub mod concept;
+pub mod conv;
 pub mod geometry;
 pub mod partcrafter;
 pub mod peer;
 pub mod rmbg;
-pub mod conv;
 pub mod sampling;
 pub mod sdxl;
 
