@@ -151,22 +151,8 @@ fn rmbg_repo() -> BTreeMap<String, HubFile> {
 
 /// wgsxm/PartCrafter: one unsharded 16-bit file per component, no variants.
 fn partcrafter_repo(tmp: &Path) -> BTreeMap<String, HubFile> {
-    let (_, pc) = common::component("partcrafter");
     let root = tmp.join("PartCrafter");
-    let cfg = &pc["config"];
-    for (folder, file, config_name, tensors) in [
-        ("transformer", "diffusion_pytorch_model.safetensors", "config.json", Some("transformer")),
-        ("vae", "diffusion_pytorch_model.safetensors", "config.json", Some("vae")),
-        ("image_encoder_dinov2", "model.safetensors", "config.json", Some("image_encoder_dinov2")),
-        ("feature_extractor_dinov2", "", "preprocessor_config.json", None),
-        ("scheduler", "", "scheduler_config.json", None),
-    ] {
-        common::write_json(&root.join(folder).join(config_name), &cfg[folder]);
-        if let Some(t) = tensors {
-            let specs = common::specs(&pc["tensors"][t]["entries"]);
-            write_synthetic_safetensors(&specs, Some(safetensors::Dtype::F16), &root.join(folder).join(file)).unwrap();
-        }
-    }
+    common::write_partcrafter_repo(&root, Some(safetensors::Dtype::F16));
     let mut files = read_tree(&root);
     add(&mut files, "model_index.json", br#"{"_class_name": "PartCrafterPipeline"}"#.to_vec());
     add(&mut files, "README.md", junk("readme"));

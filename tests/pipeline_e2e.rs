@@ -7,43 +7,14 @@
 mod common;
 mod support;
 
-use std::path::Path;
-
 use lumen::asset::Asset;
-use lumen::models::rmbg::{BriaRmbg, Config as RmbgConfig};
 use support::{lumen, stderr, stdout};
-
-/// `DIR/sdxl-turbo`, `DIR/RMBG-1.4`, `DIR/PartCrafter` as `--weights DIR` expects them.
-fn synthetic_weights(dir: &Path) {
-    let (sdxl_dir, _) = common::component("sdxl");
-    let (_, pc) = common::component("partcrafter");
-    lumen::models::sdxl::synthetic::write_synthetic_repo(&sdxl_dir, &dir.join("sdxl-turbo")).unwrap();
-
-    let rmbg = dir.join("RMBG-1.4");
-    common::write_json(&rmbg.join("config.json"), &serde_json::json!({"in_ch": 3, "out_ch": 1}));
-    common::write_synth(&rmbg, "model.safetensors", &BriaRmbg::tensor_specs(&RmbgConfig::default()));
-
-    let root = dir.join("PartCrafter");
-    let cfg = &pc["config"];
-    for (folder, file, config_name, tensors) in [
-        ("transformer", "diffusion_pytorch_model.safetensors", "config.json", Some("transformer")),
-        ("vae", "diffusion_pytorch_model.safetensors", "config.json", Some("vae")),
-        ("image_encoder_dinov2", "model.safetensors", "config.json", Some("image_encoder_dinov2")),
-        ("feature_extractor_dinov2", "", "preprocessor_config.json", None),
-        ("scheduler", "", "scheduler_config.json", None),
-    ] {
-        common::write_json(&root.join(folder).join(config_name), &cfg[folder]);
-        if let Some(t) = tensors {
-            common::write_synth(&root.join(folder), file, &common::specs(&pc["tensors"][t]["entries"]));
-        }
-    }
-}
 
 #[test]
 fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
     let work = tempfile::tempdir().unwrap();
     let weights = work.path().join("weights");
-    synthetic_weights(&weights);
+    common::write_synthetic_weights(&weights);
     let tokens = common::component("partcrafter").1["config"]["pipeline_call"]["num_tokens"].to_string();
     let o = lumen()
         .current_dir(work.path())

@@ -13,29 +13,6 @@ use lumen::models::rmbg::{BriaRmbg, Config as RmbgConfig};
 use lumen::synth::TensorSpec;
 use support::{lumen, stderr, stdout};
 
-/// `DIR/sdxl-turbo`, `DIR/RMBG-1.4`, `DIR/PartCrafter` as `--weights DIR` expects them.
-fn tiny_weights(dir: &Path) {
-    let (sdxl_dir, _) = common::component("sdxl");
-    let (_, pc) = common::component("partcrafter");
-    lumen::models::sdxl::synthetic::write_synthetic_repo(&sdxl_dir, &dir.join("sdxl-turbo")).unwrap();
-    let rmbg = dir.join("RMBG-1.4");
-    common::write_json(&rmbg.join("config.json"), &serde_json::json!({"in_ch": 3, "out_ch": 1}));
-    common::write_synth(&rmbg, "model.safetensors", &BriaRmbg::tensor_specs(&RmbgConfig::default()));
-    let root = dir.join("PartCrafter");
-    for (folder, file, config) in [
-        ("transformer", "diffusion_pytorch_model.safetensors", "config.json"),
-        ("vae", "diffusion_pytorch_model.safetensors", "config.json"),
-        ("image_encoder_dinov2", "model.safetensors", "config.json"),
-        ("feature_extractor_dinov2", "", "preprocessor_config.json"),
-        ("scheduler", "", "scheduler_config.json"),
-    ] {
-        common::write_json(&root.join(folder).join(config), &pc["config"][folder]);
-        if !file.is_empty() {
-            common::write_synth(&root.join(folder), file, &common::specs(&pc["tensors"][folder]["entries"]));
-        }
-    }
-}
-
 fn preflight(work: &Path, weights: &Path) -> (Option<i32>, serde_json::Value) {
     let o = lumen()
         .current_dir(work)
@@ -109,7 +86,7 @@ fn preflight_names_the_damaged_file_or_tensor() {
     for (what, damage, needles) in cases {
         let work = tempfile::tempdir().unwrap();
         let weights = work.path().join("weights");
-        tiny_weights(&weights);
+        common::write_synthetic_weights(&weights);
         damage(&weights);
         let (code, v) = preflight(work.path(), &weights);
         let headers = check(&v, "partcrafter weights");
@@ -127,7 +104,7 @@ fn preflight_names_the_damaged_file_or_tensor() {
 fn generate_fails_the_concept_and_keeps_what_is_stored() {
     let work = tempfile::tempdir().unwrap();
     let weights = work.path().join("weights");
-    tiny_weights(&weights);
+    common::write_synthetic_weights(&weights);
     let (code, v) = preflight(work.path(), &weights);
     assert_eq!(code, Some(0), "the undamaged tiny checkpoint passes: {v}");
     assert_eq!(check(&v, "partcrafter weights")["status"], "ok");

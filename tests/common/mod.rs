@@ -101,3 +101,35 @@ pub fn write_json(path: &Path, v: &serde_json::Value) {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// The PartCrafter repo at `root` in its hub layout (configs and synthetic weights of the
+/// goldens' tiny configuration); `dtype` overrides the weights' dtype (the released files are
+/// 16-bit).
+pub fn write_partcrafter_repo(root: &Path, dtype: Option<safetensors::Dtype>) {
+    let (_, pc) = component("partcrafter");
+    for (folder, file, config_name) in [
+        ("transformer", "diffusion_pytorch_model.safetensors", "config.json"),
+        ("vae", "diffusion_pytorch_model.safetensors", "config.json"),
+        ("image_encoder_dinov2", "model.safetensors", "config.json"),
+        ("feature_extractor_dinov2", "", "preprocessor_config.json"),
+        ("scheduler", "", "scheduler_config.json"),
+    ] {
+        write_json(&root.join(folder).join(config_name), &pc["config"][folder]);
+        if !file.is_empty() {
+            let entries = specs(&pc["tensors"][folder]["entries"]);
+            write_synthetic_safetensors(&entries, dtype, &root.join(folder).join(file)).unwrap();
+        }
+    }
+}
+
+/// `DIR/sdxl-turbo`, `DIR/RMBG-1.4`, `DIR/PartCrafter` as `--weights DIR` expects them: tiny
+/// SDXL and PartCrafter configurations, full-size BriaRMBG.
+pub fn write_synthetic_weights(dir: &Path) {
+    let (sdxl_dir, _) = component("sdxl");
+    lumen::models::sdxl::synthetic::write_synthetic_repo(&sdxl_dir, &dir.join("sdxl-turbo")).unwrap();
+    let rmbg = dir.join("RMBG-1.4");
+    write_json(&rmbg.join("config.json"), &serde_json::json!({"in_ch": 3, "out_ch": 1}));
+    let rmbg_specs = lumen::models::rmbg::BriaRmbg::tensor_specs(&lumen::models::rmbg::Config::default());
+    write_synth(&rmbg, "model.safetensors", &rmbg_specs);
+    write_partcrafter_repo(&dir.join("PartCrafter"), None);
+}
