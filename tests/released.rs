@@ -21,10 +21,11 @@
 //!
 //! Named `released_*` so they can be run alone: `cargo test --test released`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use lumen::checkpoint::{self, Component, Expected, Model, PIPELINE};
-use lumen::weights::WeightsSource;
 use safetensors::Dtype;
 use serde_json::Value;
 
@@ -279,15 +280,6 @@ fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
-fn source(dir: &Path) -> WeightsSource {
-    WeightsSource {
-        weights_dir: Some(dir.to_path_buf()),
-        cache_dir: dir.join("no-cache"),
-        offline: true,
-        revisions: Default::default(),
-    }
-}
-
 #[test]
 fn released_stages_construct_from_header_only_checkpoints() {
     use std::os::unix::fs::MetadataExt;
@@ -306,7 +298,7 @@ fn released_stages_construct_from_header_only_checkpoints() {
     // would choose the files: f32 on a CPU, the .fp16 variants on a GPU.
     for half in [false, true] {
         let start = std::time::Instant::now();
-        let reports = checkpoint::check_pipeline(&source(tmp.path()), half, false).unwrap();
+        let reports = checkpoint::check_pipeline(&common::local_weights(tmp.path()), half, false).unwrap();
         println!("half={half}: every stage built against the headers in {:.1} s", start.elapsed().as_secs_f64());
         assert_eq!(reports.len(), PIPELINE.len());
         for r in &reports {
@@ -333,13 +325,13 @@ fn released_stages_construct_from_header_only_checkpoints() {
         header.metadata.tensors().into_iter().map(|(n, i)| (n, i.dtype, i.shape.clone())).collect();
     tensors.iter_mut().find(|t| t.0 == "part_embedding.weight").unwrap().2 = vec![16, 2048];
     checkpoint::write_header_only(&dit, &tensors, Some(PT)).unwrap();
-    let err = format!("{:#}", checkpoint::check_pipeline(&source(tmp.path()), true, false).unwrap_err());
+    let err = format!("{:#}", checkpoint::check_pipeline(&common::local_weights(tmp.path()), true, false).unwrap_err());
     println!("wrong shape: {err}");
     assert!(err.contains("part_embedding.weight") && err.contains("[16, 2048]") && err.contains("[32, 2048]"), "{err}");
     let unet = tmp.path().join("sdxl-turbo/unet/diffusion_pytorch_model.fp16.safetensors");
     let len = std::fs::metadata(&unet).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&unet).unwrap().set_len(len - 4096).unwrap();
-    let err = format!("{:#}", checkpoint::check_pipeline(&source(tmp.path()), true, false).unwrap_err());
+    let err = format!("{:#}", checkpoint::check_pipeline(&common::local_weights(tmp.path()), true, false).unwrap_err());
     println!("truncated: {err}");
     assert!(err.contains("diffusion_pytorch_model.fp16.safetensors is truncated"), "{err}");
     assert!(err.contains("part_embedding.weight"), "every damaged component is reported: {err}");

@@ -18,7 +18,6 @@ use lumen::models::rmbg::prepare::{self, Rect};
 use lumen::models::rmbg::{BriaRmbg, RmbgOutput, RmbgStage, Taps};
 use lumen::pipeline::Timings;
 use lumen::synth::synth_values;
-use lumen::weights::WeightsSource;
 
 /// Compares one output with both metrics the manifest gives; returns false on a miss
 /// (printed), so a test reports every tensor before failing.
@@ -267,12 +266,7 @@ fn rmbg_golden_prepare_image_end_to_end() {
     let weights = common::tempdir();
     std::fs::write(weights.path().join("config.json"), manifest["config"].to_string()).unwrap();
     common::write_synth(weights.path(), "model.safetensors", &common::specs(&manifest["tensors"]));
-    let source = WeightsSource {
-        weights_dir: Some(weights.path().to_path_buf()),
-        cache_dir: weights.path().join("no-cache"),
-        offline: true,
-        revisions: Default::default(),
-    };
+    let source = common::local_weights(weights.path());
     let stage = RmbgStage::load(&source, &Device::Cpu).unwrap();
     let size = prepare::MODEL_SIZE;
     assert_eq!(g["d1"].dims(), &[1, 1, size, size], "the stage runs the network at 1024²");

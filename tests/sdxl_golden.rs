@@ -14,7 +14,6 @@ use lumen::models::sdxl::tokenizer::ClipTokenizer;
 use lumen::models::sdxl::unet::AddedCond;
 use lumen::models::sdxl::{self, SdxlOptions, SdxlTurbo};
 use lumen::pipeline::{TextToImage, Timings};
-use lumen::weights::WeightsSource;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -222,12 +221,7 @@ fn sdxl_golden_pipeline() {
     let tol = tol(&manifest, "pipeline");
     let tmp = tempdir();
     write_repo(tmp.path(), &dir);
-    let source = WeightsSource {
-        weights_dir: Some(tmp.path().to_path_buf()),
-        cache_dir: tmp.path().join("no-cache"),
-        offline: true,
-        revisions: Default::default(),
-    };
+    let source = common::local_weights(tmp.path());
     let stage = SdxlTurbo::load(&source, &Device::Cpu, &options_from(&manifest)).unwrap();
     let prompt = manifest["cases"]["pipeline"]["prompt"].as_str().unwrap();
     let (ids_1, ids_2) = stage.tokenize(prompt).unwrap();
@@ -282,12 +276,7 @@ fn sdxl_golden_stage_generate_is_seeded() {
     let (dir, manifest) = component("sdxl");
     let tmp = tempdir();
     write_repo(tmp.path(), &dir);
-    let source = WeightsSource {
-        weights_dir: Some(tmp.path().to_path_buf()),
-        cache_dir: tmp.path().join("no-cache"),
-        offline: true,
-        revisions: Default::default(),
-    };
+    let source = common::local_weights(tmp.path());
     let mut opts = options_from(&manifest);
     opts.steps = 2;
     let stage = SdxlTurbo::load(&source, &Device::Cpu, &opts).unwrap();
@@ -335,12 +324,7 @@ fn sdxl_golden_non_square_size() {
     let (dir, manifest) = component("sdxl");
     let tmp = tempdir();
     write_repo(tmp.path(), &dir);
-    let source = WeightsSource {
-        weights_dir: Some(tmp.path().to_path_buf()),
-        cache_dir: tmp.path().join("no-cache"),
-        offline: true,
-        revisions: Default::default(),
-    };
+    let source = common::local_weights(tmp.path());
     let load = |height, width| {
         let opts = SdxlOptions { height: Some(height), width: Some(width), ..options_from(&manifest) };
         SdxlTurbo::load(&source, &Device::Cpu, &opts).unwrap()

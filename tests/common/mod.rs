@@ -133,3 +133,13 @@ pub fn write_synthetic_weights(dir: &Path) {
     write_synth(&rmbg, "model.safetensors", &rmbg_specs);
     write_partcrafter_repo(&dir.join("PartCrafter"), None);
 }
+
+/// An offline weights source that reads `dir` as a `--weights DIR` folder and nothing else.
+pub fn local_weights(dir: &Path) -> lumen::weights::WeightsSource {
+    lumen::weights::WeightsSource {
+        weights_dir: Some(dir.to_path_buf()),
+        cache_dir: dir.join("no-cache"),
+        offline: true,
+        revisions: Default::default(),
+    }
+}
