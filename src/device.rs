@@ -140,7 +140,7 @@ pub fn self_check(device: &Device) -> Result<String> {
     let want = a.matmul(&b)?;
     let got = a.to_device(device)?.matmul(&b.to_device(device)?)?.to_device(&Device::Cpu)?;
     // TF32 or a different summation order may differ slightly; a broken GEMM is off by O(1).
-    let gemm_err = rel_l2(&got, &want)?;
+    let gemm_err = crate::goldens::rel_l2(&got, &want)?;
     if !(gemm_err < 1e-3) {
         bail!("f32 GEMM {m}×{k}·{k}×{n} on {} differs from the CPU: rel L2 {gemm_err:.3e}", device_label(device));
     }
@@ -164,7 +164,7 @@ pub fn self_check(device: &Device) -> Result<String> {
             .matmul(&b.to_dtype(half)?.to_device(device)?)?
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?;
-        let half_err = rel_l2(&got, &want)?;
+        let half_err = crate::goldens::rel_l2(&got, &want)?;
         // f16 inputs carry 2^-11 relative rounding; over k = 512 products the error stays ~1e-3.
         if !(half_err < 5e-3) {
             bail!("{} GEMM on {} differs from f32: rel L2 {half_err:.3e}", dtype_name(half), device_label(device));
@@ -188,17 +188,10 @@ fn pattern(len: usize, step: f64) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, len, &Device::Cpu)?)
 }
 
-fn rel_l2(got: &Tensor, want: &Tensor) -> Result<f64> {
-    let g: Vec<f32> = got.flatten_all()?.to_vec1()?;
-    let w: Vec<f32> = want.flatten_all()?.to_vec1()?;
-    let num: f64 = g.iter().zip(&w).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
-    let den: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum();
-    Ok((num / den.max(f64::MIN_POSITIVE)).sqrt())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::goldens::rel_l2;
 
     #[test]
     fn cpu_self_check_passes_and_describes_the_cpu() {

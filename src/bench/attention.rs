@@ -66,15 +66,6 @@ fn device() -> Result<Device> {
     }
 }
 
-fn device_name(dev: &Device) -> String {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(c) = dev {
-        return c.cuda_stream().context().name().unwrap_or_else(|_| "unknown CUDA device".into());
-    }
-    let _ = dev;
-    "CPU".into()
-}
-
 fn random(dev: &Device, seed: u64, dims: (usize, usize, usize, usize), dtype: DType) -> Result<Tensor> {
     let mut rng = crate::rng::Rng::new(seed);
     let n = dims.0 * dims.1 * dims.2 * dims.3;
@@ -89,7 +80,7 @@ fn flops(s: &Shape) -> f64 {
 /// (`--quick`: fused path only).
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
     let dev = device()?;
-    let card = device_name(&dev);
+    let card = crate::device::describe(&dev).name;
     let mut rows = Vec::new();
     if !dev.is_cuda() {
         // The CPU path at one small shape, so the suite has a CPU number.
@@ -201,7 +192,7 @@ fn sample_rows(s: &Shape, seed: u64) -> Vec<(usize, usize)> {
 /// `--quick` leaves out the 16 400 × 16 400 shape.
 pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
     let dev = device()?;
-    let card = device_name(&dev);
+    let card = crate::device::describe(&dev).name;
     let cuda = dev.is_cuda();
     // `--quick` skips the 16 400² case (the slowest for the host reference).
     let shapes: Vec<&Shape> =

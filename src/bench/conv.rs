@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::{BenchOptions, BenchRow};
 use crate::conv::{self, Conv2d, Conv2dConfig};
+use crate::goldens::rel_l2;
 use crate::rng::Rng;
 
 /// Calls timed back to back between two synchronisations on the GPU.
@@ -223,18 +224,6 @@ fn check_cases(device: &Device) -> Vec<CheckCase> {
         cases.push(CheckCase { name: name.into(), c_in, c_out, side, k, cfg });
     }
     cases
-}
-
-/// ‖a − b‖ / ‖b‖ in f64.
-fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a: Vec<f32> = a.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let b: Vec<f32> = b.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    if a.len() != b.len() {
-        bail!("length {} vs {}", a.len(), b.len());
-    }
-    let num: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    Ok((num / den.max(f64::MIN_POSITIVE)).sqrt())
 }
 
 /// Tolerances of lumen's convolution against the f32 CPU result: f16 storage for f16; TF32
