@@ -7,7 +7,7 @@ use crate::asset::{self, Asset, DroppedPart, ModelInfo, PartSummary, PipelineInf
 use crate::concept::Concept;
 use crate::geometry::mesh::TriMesh;
 use crate::geometry::sampling::{sample_parts, SampleOptions};
-use crate::pipeline::Timings;
+use crate::stage::Timings;
 
 /// Everything that decides what one concept's shape looks like.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use lumen::models::partcrafter::scheduler::{RectifiedFlowScheduler, SchedulerCon
 use lumen::models::partcrafter::{
     PartCrafterLatents, SamplerOptions, FEATURE_EXTRACTOR_DIR, IMAGE_ENCODER_DIR, SCHEDULER_DIR, TRANSFORMER_DIR,
 };
-use lumen::pipeline::Timings;
+use lumen::stage::Timings;
 use lumen::synth::TensorSpec;
 use lumen::weights::open_model_dir;
 use serde_json::Value;
@@ -385,7 +385,7 @@ fn partcrafter_golden_flop_count_matches_guide() {
 fn partcrafter_golden_stage_trait() {
     use lumen::geometry::mesh::TriMesh;
     use lumen::models::partcrafter::{PartCrafter, PartDecoder};
-    use lumen::pipeline::{ImageToParts, PartOutcome};
+    use lumen::stage::{ImageToParts, PartOutcome};
 
     /// Fails every second call, else returns a one-vertex mesh from the latents.
     struct Probe(std::sync::atomic::AtomicUsize);

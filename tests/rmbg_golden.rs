@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use lumen::models::rmbg::prepare::{self, Rect};
 use lumen::models::rmbg::{BriaRmbg, RmbgOutput, RmbgStage, Taps};
-use lumen::pipeline::Timings;
+use lumen::stage::Timings;
 use lumen::synth::synth_values;
 
 /// Compares one output with both metrics the manifest gives; returns false on a miss

@@ -13,7 +13,7 @@ use lumen::models::sdxl::scheduler::{EulerAncestral, SchedulerConfig};
 use lumen::models::sdxl::tokenizer::ClipTokenizer;
 use lumen::models::sdxl::unet::AddedCond;
 use lumen::models::sdxl::{self, SdxlOptions, SdxlTurbo};
-use lumen::pipeline::{TextToImage, Timings};
+use lumen::stage::{TextToImage, Timings};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

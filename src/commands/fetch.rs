@@ -5,9 +5,10 @@
 
 use anyhow::Result;
 
-use super::{emit, emit_json, log, PipelineKind};
+use super::{emit, emit_json, log};
 use crate::cli::{DeviceArg, FetchArgs};
 use crate::error::{exit, UsageError};
+use crate::generation::PipelineKind;
 use crate::hub::{self, client::human_bytes, Fetched};
 use crate::weights::{pipeline_files, DeviceKind, WeightsSource};
 

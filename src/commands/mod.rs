@@ -3,13 +3,12 @@
 //! usage/configuration errors and 1 otherwise.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cli::{Cli, Command, ModelArgs, PipelineArg};
-use crate::pipeline::partcrafter::{ModelOptions, PartCrafterGenerator};
-use crate::shape::{ProceduralGenerator, ShapeGenerator};
+use crate::generation::PipelineKind;
+use crate::pipeline::partcrafter::ModelOptions;
 
 pub mod bench;
 pub mod fetch;
@@ -31,13 +30,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Gallery(a) => gallery::run(gallery::GalleryOptions::from_args(a)),
         Command::Bench(a) => bench::run(a),
     }
-}
-
-/// Which pipeline, as the work sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PipelineKind {
-    PartCrafter,
-    Procedural,
 }
 
 impl From<PipelineArg> for PipelineKind {
@@ -68,39 +60,6 @@ impl From<&ModelArgs> for ModelOptions {
     }
 }
 
-/// The primary generator and the optional fallback. A primary that cannot even load is
-/// replaced by the fallback (with a warning) or reported as an error.
-pub struct Generators {
-    pub primary: Option<Arc<dyn ShapeGenerator>>,
-    pub primary_error: Option<String>,
-    pub fallback: Option<Arc<dyn ShapeGenerator>>,
-}
-
-pub fn make_generator(kind: PipelineKind, model: &ModelOptions) -> Result<Arc<dyn ShapeGenerator>> {
-    Ok(match kind {
-        PipelineKind::Procedural => Arc::new(ProceduralGenerator),
-        PipelineKind::PartCrafter => {
-            Arc::new(PartCrafterGenerator::load(model).context("the partcrafter pipeline cannot run")?)
-        }
-    })
-}
-
-pub fn load_generators(kind: PipelineKind, fallback: Option<PipelineKind>, model: &ModelOptions) -> Result<Generators> {
-    let (primary, primary_error) = match make_generator(kind, model) {
-        Ok(g) => (Some(g), None),
-        Err(e) if fallback.is_some() => {
-            log(&format!("warning: {e:#}; using the fallback pipeline"));
-            (None, Some(format!("{e:#}")))
-        }
-        Err(e) => return Err(e),
-    };
-    let fallback = match fallback {
-        Some(k) if k != kind => Some(make_generator(k, model)?),
-        _ => None,
-    };
-    Ok(Generators { primary, primary_error, fallback })
-}
-
 /// A log line on stderr.
 pub fn log(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{msg}");
@@ -122,21 +81,4 @@ pub fn emit_json(value: &serde_json::Value) {
 
 pub fn stderr_is_tty() -> bool {
     std::io::stderr().is_terminal()
-}
-
-/// Writes kept images next to the asset: `images/<key>/<name>`.
-pub fn store_images(store: &crate::store::Store, key: &str, images: &[(String, Vec<u8>)]) -> Result<()> {
-    for (name, bytes) in images {
-        store.put(&format!("images/{key}/{name}"), bytes.clone(), true)?;
-    }
-    Ok(())
-}
-
-/// The default catalogue when it exists (part counts, seeds and names of known concepts).
-pub fn optional_catalog(path: &std::path::Path) -> Result<Option<crate::concept::Catalog>> {
-    if path.is_file() {
-        Ok(Some(crate::concept::Catalog::load(path)?))
-    } else {
-        Ok(None)
-    }
 }

@@ -9,11 +9,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use serde::Serialize;
 
-use super::{emit, emit_json, PipelineKind};
+use super::{emit, emit_json};
 use crate::asset::Asset;
 use crate::cli::{DtypeArg, PreflightArgs};
 use crate::concept::{Catalog, Concept};
 use crate::error::exit;
+use crate::generation::PipelineKind;
 use crate::goldens::CaseResult;
 use crate::pipeline::partcrafter::{select_device, ModelOptions, PartCrafterGenerator};
 use crate::shape::{build_asset, ProceduralGenerator, ShapeGenerator, ShapeRequest};
@@ -77,7 +78,7 @@ fn weights_headers(model: &ModelOptions) -> Result<String> {
 fn tiny_model_run(generator: &PartCrafterGenerator) -> Result<String> {
     let concept = Concept::parse("chair")?;
     let request = ShapeRequest { concept, parts: Some(1), seed: 1, points: 256, part_names: vec![] };
-    let mut timings = crate::pipeline::Timings::default();
+    let mut timings = crate::stage::Timings::default();
     let shape = generator.generate(&request, &mut timings)?;
     let asset = build_asset(&request, shape, timings)?;
     Asset::decode(&asset.to_json_bytes())?;
@@ -195,7 +196,7 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
     checks.push(check("procedural end-to-end", || {
         let concept = Concept::parse("chair")?;
         let request = ShapeRequest { concept, parts: None, seed: 1, points: 2048, part_names: vec![] };
-        let mut timings = crate::pipeline::Timings::default();
+        let mut timings = crate::stage::Timings::default();
         let shape = ProceduralGenerator.generate(&request, &mut timings)?;
         let asset = build_asset(&request, shape, timings)?;
         let bytes = asset.to_json_bytes();

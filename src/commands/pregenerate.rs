@@ -11,11 +11,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::generate::{generate_one, human_line, manifest_update, request_for, stored_result, ConceptResult};
-use super::{emit, emit_json, load_generators, log, stderr_is_tty, PipelineKind};
+use super::generate::human_line;
+use super::{emit, emit_json, log, stderr_is_tty};
 use crate::cli::PregenerateArgs;
 use crate::concept::{Catalog, Collision, Concept, Shard};
 use crate::error::exit;
+use crate::generation::manifest::manifest_update;
+use crate::generation::{
+    add_preview, generate_one, load_generators, request_for, stored_result, ConceptResult, PipelineKind,
+};
 use crate::pipeline::partcrafter::ModelOptions;
 use crate::store::{Store, StoreOptions};
 
@@ -133,7 +137,7 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
                     generate_one(&request, &gens, &store, opts.force)
                 });
                 if opts.preview {
-                    super::preview::add_preview(&store, &mut result);
+                    add_preview(&store, &mut result);
                 }
                 bar.inc(1);
                 bar.set_message(c.text.clone());

@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::generate::ConceptResult;
 use super::{emit, emit_json, log};
 use crate::asset::Asset;
 use crate::cli::PreviewArgs;
@@ -189,19 +188,4 @@ fn write_sheet(store: &Store, chosen: &[(String, String)], path: &std::path::Pat
         width: img.width(),
         height: img.height(),
     })
-}
-
-/// `generate --preview`, `pregenerate --preview`: the stored asset's preview, next to it.
-/// A failure is logged and noted on the result; the asset itself stays stored.
-pub fn add_preview(store: &Store, result: &mut ConceptResult) {
-    if result.status == "failed" {
-        return;
-    }
-    match preview::store_preview(store, &result.key) {
-        Ok(location) => result.preview = Some(location),
-        Err(e) => {
-            log(&format!("warning: {}: preview not written: {e:#}", result.text));
-            result.error = Some(format!("preview not written: {e:#}"));
-        }
-    }
 }

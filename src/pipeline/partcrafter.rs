@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use image::RgbImage;
 
-use super::{BackgroundRemoval, ImageToParts, PartOutcome, TextToImage, Timings};
 use crate::asset::{DroppedPart, ModelInfo, PipelineInfo};
 use crate::models::partcrafter::extract::{ExtractOptions, SurfaceExtractor};
 use crate::models::partcrafter::vae::SdfDecoder;
@@ -17,6 +16,7 @@ use crate::models::rmbg::RmbgStage;
 use crate::models::sdxl::prompt::canonical_prompt;
 use crate::models::sdxl::{SdxlOptions, SdxlTurbo};
 use crate::shape::{GeneratedPart, GeneratedShape, ShapeGenerator, ShapeRequest};
+use crate::stage::{BackgroundRemoval, ImageToParts, PartOutcome, TextToImage, Timings};
 use crate::weights::{self, WeightsSource};
 
 /// Settings of the model pipeline (command-line flags).

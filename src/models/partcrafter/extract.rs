@@ -35,7 +35,7 @@ use super::vae::{CrossAttention, PreparedPart, SdfDecoder};
 use super::PartDecoder;
 use crate::geometry::marching_cubes::{marching_cubes_cells, marching_cubes_dense};
 use crate::geometry::mesh::TriMesh;
-use crate::pipeline::{PartOutcome, Timings};
+use crate::stage::{PartOutcome, Timings};
 
 /// Multiplicative hashing of lattice keys (std's SipHash is needlessly slow for these).
 #[derive(Default)]

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use crate::pipeline::{ImageToParts, PartOutcome, Timings};
+use crate::stage::{ImageToParts, PartOutcome, Timings};
 use crate::weights::{
     check_safetensors_file, open_model_dir, read_config, safetensors_files, WeightsSource, PARTCRAFTER,
 };

@@ -21,7 +21,7 @@ use image::{GrayImage, RgbImage};
 use serde::Deserialize;
 
 use crate::conv::{conv2d, Conv2d, Conv2dConfig};
-use crate::pipeline::{BackgroundRemoval, PreparedImage, Timings};
+use crate::stage::{BackgroundRemoval, PreparedImage, Timings};
 use crate::synth::TensorSpec;
 use crate::weights::{self, WeightsSource};
 

@@ -27,8 +27,8 @@ use image::RgbImage;
 
 pub use prompt::canonical_prompt;
 
-use crate::pipeline::{TextToImage, Timings};
 use crate::rng::Rng;
+use crate::stage::{TextToImage, Timings};
 use crate::weights::{self, WeightsSource, SDXL_TURBO, SDXL_VAE_FP16_FIX};
 use clip::{ClipTextConfig, ClipTextModel};
 use scheduler::{EulerAncestral, SchedulerConfig};

@@ -1,0 +1,115 @@
+//! The per-concept pipeline's stages as traits, and the clock that times them.
+//!
+//! A leaf module: the models implement these traits and the pipelines drive them, so both
+//! depend on this file and it depends on neither.
+//!
+//! text → prompt → [`TextToImage`] → [`BackgroundRemoval`] → [`ImageToParts`] → sampling.
+//! Each stage is a trait so the model stages (SDXL Turbo, BriaRMBG, PartCrafter) and the
+//! procedural generator plug into the same driver, and so tests can run a stage alone.
+//! Every stage's wall time is recorded in [`Timings`] and ends up in the asset.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use image::{GrayImage, RgbImage};
+
+use crate::geometry::mesh::TriMesh;
+
+/// Per-stage wall times in milliseconds, in insertion order of first use.
+///
+/// On a GPU, kernels run asynchronously: a clock read right after a stage's last launch
+/// would measure launches, not work. A `Timings` made [`for_device`](Self::for_device)
+/// synchronises that device before it starts and before it stops each stage's clock, so a
+/// stage's time holds all the work it queued (a no-op on the CPU).
+/// Field 0 holds the stage → milliseconds map; field 1 the device to synchronise.
+#[derive(Debug, Clone, Default)]
+pub struct Timings(pub BTreeMap<String, f64>, Option<candle_core::Device>);
+
+impl PartialEq for Timings {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Timings {
+    /// Timings whose stages synchronise `device` around their clocks.
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        Self(BTreeMap::new(), device.is_cuda().then(|| device.clone()))
+    }
+
+    /// From now on, synchronise `device` around every stage's clock.
+    pub fn sync_with(&mut self, device: &candle_core::Device) {
+        self.1 = device.is_cuda().then(|| device.clone());
+    }
+
+    /// Runs `f`, adding its wall time (device work included) to `stage`.
+    pub fn time<T>(&mut self, stage: &str, f: impl FnOnce() -> T) -> T {
+        self.synchronize();
+        let start = Instant::now();
+        let out = f();
+        self.synchronize();
+        *self.0.entry(stage.to_string()).or_insert(0.0) += start.elapsed().as_secs_f64() * 1e3;
+        out
+    }
+
+    /// Starts a clock for work that is not one closure (a loop that also records traces);
+    /// [`stop`](Self::stop) adds its time to a stage.
+    pub fn start(&self) -> Instant {
+        self.synchronize();
+        Instant::now()
+    }
+
+    /// Adds the time since `start` (device work included) to `stage`.
+    pub fn stop(&mut self, stage: &str, start: Instant) {
+        self.synchronize();
+        self.add(stage, start.elapsed().as_secs_f64() * 1e3);
+    }
+
+    pub fn add(&mut self, stage: &str, ms: f64) {
+        *self.0.entry(stage.to_string()).or_insert(0.0) += ms;
+    }
+
+    /// Stage names, sorted.
+    pub fn stage_names(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+
+    fn synchronize(&self) {
+        if let Some(device) = &self.1 {
+            // A failed synchronisation means a failed kernel: the stage's own next call
+            // reports it with context, so the clock just goes on.
+            let _ = device.synchronize();
+        }
+    }
+}
+
+/// Concept prompt → reference image (512×512 RGB for SDXL Turbo).
+pub trait TextToImage: Send + Sync {
+    fn generate(&self, prompt: &str, seed: u64, timings: &mut Timings) -> Result<RgbImage>;
+}
+
+/// What background removal hands on: the object composited on white, cropped and padded
+/// the way the image→parts model expects, and the mask it came from.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    pub image: RgbImage,
+    pub mask: GrayImage,
+}
+
+/// Reference image → object on white (fails when nothing is left to reconstruct).
+pub trait BackgroundRemoval: Send + Sync {
+    fn prepare(&self, image: &RgbImage, timings: &mut Timings) -> Result<PreparedImage>;
+}
+
+/// One part as an image→parts stage returns it: a mesh, or why it could not be made.
+#[derive(Debug, Clone)]
+pub enum PartOutcome {
+    Mesh(TriMesh),
+    Failed(String),
+}
+
+/// Prepared image → N part meshes (in the model's own frame).
+pub trait ImageToParts: Send + Sync {
+    fn parts(&self, image: &RgbImage, num_parts: usize, seed: u64, timings: &mut Timings) -> Result<Vec<PartOutcome>>;
+}
