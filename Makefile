@@ -41,7 +41,8 @@ preflight: build
 	./target/release/lumen preflight --pipeline $(PIPELINE) --store $(STORE)
 
 cuda:
-	@cu="$$(scripts/cuda-toolchain.sh | tail -1)" && \
+	@cu="$$(scripts/cuda-toolchain.sh | tail -1)" && [ -x "$$cu/bin/nvcc" ] || \
+	  { echo "make cuda: the CUDA toolchain is not installed (scripts/cuda-toolchain.sh failed)" >&2; exit 1; } && \
 	  echo "CUDA toolkit: $$cu (compute capability $(CUDA_COMPUTE_CAP), features $(CUDA_FEATURES))" && \
 	  CUDA_HOME="$$cu" PATH="$$cu/bin:$$PATH" LIBRARY_PATH="$$cu/lib:$$cu/lib/stubs" \
 	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CUDA_TARGET) \
