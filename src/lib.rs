@@ -23,6 +23,7 @@ pub mod models;
 pub mod pipeline;
 pub mod preview;
 pub mod procedural;
+pub mod quality;
 pub mod rng;
 pub mod shape;
 pub mod stage;

@@ -1,12 +1,15 @@
 //! From a concept to a stored asset: the generator interface, the procedural generator,
-//! and the final sampling + asset assembly shared by every pipeline.
+//! and the final sampling + asset assembly shared by every pipeline. Assembly also grades
+//! the shape ([`crate::quality`]), so every pipeline's asset carries the same `quality` object.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use image::GrayImage;
 
 use crate::asset::{self, Asset, DroppedPart, ModelInfo, PartSummary, PipelineInfo, ToolInfo};
 use crate::concept::Concept;
 use crate::geometry::mesh::TriMesh;
 use crate::geometry::sampling::{sample_parts, SampleOptions};
+use crate::quality::{self, mask_stats, Quality, ShapeFacts, Thresholds};
 use crate::stage::Timings;
 
 /// Everything that decides what one concept's shape looks like.
@@ -36,6 +39,27 @@ pub struct GeneratedShape {
     pub pipeline: PipelineInfo,
     /// Intermediate images (name, PNG bytes) kept with `--keep-images`.
     pub images: Vec<(String, Vec<u8>)>,
+    /// The background remover's foreground mask (None: the pipeline has no mask).
+    pub mask: Option<GrayImage>,
+    /// Parts the generator was asked for (None: it chose its own count).
+    pub parts_requested: Option<usize>,
+}
+
+impl GeneratedShape {
+    /// What grading needs from the generator besides the cloud.
+    pub fn facts(&self) -> ShapeFacts {
+        ShapeFacts { mask: self.mask.as_ref().map(mask_stats), parts_requested: self.parts_requested }
+    }
+}
+
+/// Every part of a shape was dropped: nothing to sample. Carries what grading needs, so a
+/// gated run records the attempt as `bad` rather than as an unexplained error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("every part failed, nothing to sample ({reasons})")]
+pub struct NothingToSample {
+    pub reasons: String,
+    pub facts: ShapeFacts,
+    pub dropped: usize,
 }
 
 /// A pipeline that turns a request into part meshes.
@@ -65,13 +89,26 @@ impl ShapeGenerator for ProceduralGenerator {
             dropped: vec![],
             pipeline: PipelineInfo { name: "procedural".into(), models: Vec::<ModelInfo>::new(), settings },
             images: vec![],
+            mask: None,
+            parts_requested: request.parts,
         })
     }
 }
 
 /// Drops parts without a usable surface (reported, never sampled), samples the rest and
-/// assembles the asset. Fails when no part is left.
-pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: Timings) -> Result<Asset> {
+/// assembles the asset, graded with the default thresholds. Fails when no part is left.
+pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, timings: Timings) -> Result<Asset> {
+    build_graded_asset(request, shape, timings, &Thresholds::default())
+}
+
+/// [`build_asset`] graded with `thresholds`; no part left is a [`NothingToSample`] error.
+pub fn build_graded_asset(
+    request: &ShapeRequest,
+    shape: GeneratedShape,
+    mut timings: Timings,
+    thresholds: &Thresholds,
+) -> Result<Asset> {
+    let facts = shape.facts();
     let mut dropped = shape.dropped;
     let mut usable = Vec::new();
     for (i, p) in shape.parts.into_iter().enumerate() {
@@ -90,7 +127,7 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
     }
     if usable.is_empty() {
         let reasons: Vec<String> = dropped.iter().map(|d| format!("part {}: {}", d.index, d.reason)).collect();
-        bail!("every part failed, nothing to sample ({})", reasons.join("; "));
+        return Err(NothingToSample { reasons: reasons.join("; "), facts, dropped: dropped.len() }.into());
     }
     let meshes: Vec<TriMesh> = usable.iter().map(|p| p.mesh.clone()).collect();
     let cloud =
@@ -120,7 +157,7 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
         })
         .collect();
     let timings_ms = timings.0.into_iter().map(|(k, v)| (k, (v * 1000.0).round() / 1000.0)).collect();
-    let asset = Asset {
+    let mut asset = Asset {
         format: asset::FORMAT.into(),
         text: request.concept.text.clone(),
         normalized: request.concept.normalized.clone(),
@@ -137,8 +174,10 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
         timings_ms,
         tool: ToolInfo::current(),
         dropped_parts: dropped,
+        quality: None,
     };
-    asset.validate().map_err(|e| anyhow::anyhow!("internal error, produced {e}"))?;
+    let points = asset.validate().map_err(|e| anyhow::anyhow!("internal error, produced {e}"))?;
+    asset.quality = Some(Quality::grade(quality::signals::measure(&asset, &points, facts), thresholds));
     Ok(asset)
 }
 
@@ -183,6 +222,8 @@ mod tests {
             dropped: vec![DroppedPart { index: 2, reason: "decoder failed".into() }],
             pipeline: PipelineInfo { name: "partcrafter".into(), models: vec![], settings: Default::default() },
             images: vec![],
+            mask: None,
+            parts_requested: None,
         };
         let asset = build_asset(&req, shape, Timings::default()).unwrap();
         assert_eq!(asset.part_names, vec!["body"]);
@@ -192,6 +233,8 @@ mod tests {
             dropped: vec![],
             pipeline: PipelineInfo { name: "partcrafter".into(), models: vec![], settings: Default::default() },
             images: vec![],
+            mask: None,
+            parts_requested: None,
         };
         assert!(build_asset(&req, none, Timings::default()).unwrap_err().to_string().contains("every part failed"));
     }

@@ -183,6 +183,7 @@ fn two_panels(a: usize, b: usize) -> Asset {
         timings_ms: Default::default(),
         tool: ToolInfo::current(),
         dropped_parts: vec![],
+        quality: None,
     }
 }
 

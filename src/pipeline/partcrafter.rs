@@ -144,7 +144,11 @@ impl PartCrafterGenerator {
 
         let models = [&sdxl_repo, &rmbg_repo, &pc_repo]
             .iter()
-            .map(|r| ModelInfo { id: r.repo.id.to_string(), revision: r.commit.clone() })
+            .map(|r| ModelInfo {
+                id: r.repo.id.to_string(),
+                revision: r.commit.clone(),
+                license: Some(r.repo.license.id.to_string()),
+            })
             .collect();
         let parts = PartCrafter {
             latents,
@@ -176,6 +180,20 @@ impl PartCrafterGenerator {
         Ok(Self::from_stages(Box::new(sdxl), Box::new(rmbg), Box::new(parts), models, options.clone())
             .with_device(&device, &stage_dtypes))
     }
+}
+
+/// The settings every asset of this pipeline records that change what a shape looks like
+/// (the per-concept prompt and part count are added beside them). `stale` compares the same
+/// map, built from the current flags, so the two never disagree.
+pub fn generation_settings(options: &ModelOptions) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut settings = std::collections::BTreeMap::new();
+    settings.insert("steps".into(), options.steps.into());
+    settings.insert("guidance".into(), options.guidance.into());
+    settings.insert("tokens".into(), options.tokens.into());
+    settings.insert("sd_steps".into(), options.sd_steps.into());
+    settings.insert("extract_depth".into(), options.extract_depth.into());
+    settings.insert("fp16_vae".into(), options.fp16_vae.into());
+    settings
 }
 
 fn png_bytes(img: &RgbImage) -> Vec<u8> {
@@ -215,12 +233,8 @@ impl ShapeGenerator for PartCrafterGenerator {
             images.push(("mask.png".to_string(), mask));
             images.push(("prepared.png".to_string(), png_bytes(&prepared.image)));
         }
-        let mut settings = std::collections::BTreeMap::new();
+        let mut settings = generation_settings(&self.options);
         settings.insert("prompt".into(), serde_json::Value::from(prompt));
-        settings.insert("steps".into(), self.options.steps.into());
-        settings.insert("guidance".into(), self.options.guidance.into());
-        settings.insert("tokens".into(), self.options.tokens.into());
-        settings.insert("sd_steps".into(), self.options.sd_steps.into());
         settings.insert("parts_requested".into(), num_parts.into());
         settings.extend(self.device_settings.clone());
         Ok(GeneratedShape {
@@ -228,6 +242,8 @@ impl ShapeGenerator for PartCrafterGenerator {
             dropped,
             pipeline: PipelineInfo { name: "partcrafter".into(), models: self.models.clone(), settings },
             images,
+            mask: Some(prepared.mask),
+            parts_requested: Some(num_parts),
         })
     }
 }

@@ -244,6 +244,7 @@ mod tests {
             timings_ms: Default::default(),
             tool: ToolInfo::current(),
             dropped_parts: vec![],
+            quality: None,
         };
         let points = asset.validate().unwrap();
         (asset, points)
