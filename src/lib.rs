@@ -27,6 +27,7 @@ pub mod quality;
 pub mod rng;
 pub mod shape;
 pub mod stage;
+pub mod stale;
 pub mod store;
 pub mod synth;
 pub mod time;

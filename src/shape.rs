@@ -84,6 +84,9 @@ impl ShapeGenerator for ProceduralGenerator {
         let template = crate::procedural::template_name(&request.concept.normalized).unwrap_or("generic");
         let mut settings = std::collections::BTreeMap::new();
         settings.insert("template".to_string(), serde_json::Value::from(template));
+        if let Some(n) = request.parts {
+            settings.insert("parts_requested".to_string(), n.into());
+        }
         Ok(GeneratedShape {
             parts: parts.into_iter().map(|p| GeneratedPart { name: Some(p.name), mesh: p.mesh }).collect(),
             dropped: vec![],

@@ -14,6 +14,7 @@ use crate::generation::{
     Generators, PipelineKind,
 };
 use crate::pipeline::partcrafter::ModelOptions;
+use crate::quality::QualityOptions;
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, Clone)]
@@ -30,6 +31,7 @@ pub struct GenerateOptions {
     pub preview: bool,
     pub json: bool,
     pub catalog: PathBuf,
+    pub quality: QualityOptions,
     pub model: ModelOptions,
 }
 
@@ -51,6 +53,7 @@ impl GenerateOptions {
             preview: a.preview,
             json: a.json,
             catalog: a.catalog,
+            quality: a.quality.options()?,
             model: ModelOptions::from(&a.model),
         })
     }
@@ -80,8 +83,8 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let mut result =
-            stored_result(c, &store, opts.force).unwrap_or_else(|| generate_one(&request, &gens, &store, opts.force));
+        let mut result = stored_result(c, &store, opts.force)
+            .unwrap_or_else(|| generate_one(&request, &gens, &store, opts.force, &opts.quality));
         if opts.preview {
             add_preview(&store, &mut result);
         }
@@ -93,11 +96,17 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
     }
     let manifest_error = manifest_update(&store, &results);
     let failed = results.iter().filter(|(r, _, _)| r.status == "failed").count();
+    let retried = results.iter().filter(|(r, _, _)| r.retried()).count();
+    let below_gate = results.iter().filter(|(r, _, _)| r.below_gate()).count();
     if opts.json {
         let list: Vec<&ConceptResult> = results.iter().map(|(r, _, _)| r).collect();
-        emit_json(&serde_json::json!({ "results": list, "failed": failed, "manifest_error": manifest_error }));
+        emit_json(&serde_json::json!({
+            "results": list, "failed": failed, "retried": retried, "below_gate": below_gate,
+            "manifest_error": manifest_error,
+        }));
     }
-    Ok(if failed > 0 || manifest_error.is_some() { exit::FAILED } else { exit::OK })
+    // A concept still under --min-quality did not get what the run asked for: exit 1.
+    Ok(if failed > 0 || below_gate > 0 || manifest_error.is_some() { exit::FAILED } else { exit::OK })
 }
 
 pub fn human_line(r: &ConceptResult) -> String {
@@ -107,12 +116,30 @@ pub fn human_line(r: &ConceptResult) -> String {
             format!("exists  {:<24} {} (use --force to regenerate)", r.text, r.location.as_deref().unwrap_or(""))
         }
         s => format!(
-            "{s:<7} {:<24} {} ({} parts, {} pipeline, {} bytes)",
+            "{s:<7} {:<24} {} ({} parts, {} pipeline, {} bytes{})",
             r.text,
             r.location.as_deref().unwrap_or(""),
             r.parts.unwrap_or(0),
             r.pipeline.as_deref().unwrap_or("?"),
-            r.bytes.unwrap_or(0)
+            r.bytes.unwrap_or(0),
+            quality_note(r)
         ),
     }
+}
+
+/// `, ok`, `, weak: … (2 attempts)`, `, bad: … (3 attempts, below the gate)`.
+fn quality_note(r: &ConceptResult) -> String {
+    let Some(q) = &r.quality else { return String::new() };
+    let mut note = format!(", {}", crate::quality::label(q.verdict, &q.reasons));
+    let mut extra = Vec::new();
+    if let Some(n) = q.attempts.filter(|&n| n > 1) {
+        extra.push(format!("{n} attempts"));
+    }
+    if q.passed_gate == Some(false) {
+        extra.push("below the gate".to_string());
+    }
+    if !extra.is_empty() {
+        note.push_str(&format!(" ({})", extra.join(", ")));
+    }
+    note
 }

@@ -21,6 +21,8 @@ use crate::generation::{
     add_preview, generate_one, load_generators, request_for, stored_result, ConceptResult, PipelineKind,
 };
 use crate::pipeline::partcrafter::ModelOptions;
+use crate::quality::QualityOptions;
+use crate::stale::{check_stored, Current};
 use crate::store::{Store, StoreOptions};
 
 /// Fixed-width fields so the bar does not jump as counts grow.
@@ -37,9 +39,12 @@ pub struct PregenerateOptions {
     pub jobs: usize,
     pub points: usize,
     pub force: bool,
+    /// Regenerate only stored assets that are stale (and generate missing ones).
+    pub stale: bool,
     /// Store a preview picture beside each asset.
     pub preview: bool,
     pub json: bool,
+    pub quality: QualityOptions,
     pub model: ModelOptions,
 }
 
@@ -62,8 +67,10 @@ impl PregenerateOptions {
             jobs,
             points: a.points as usize,
             force: a.force,
+            stale: a.stale,
             preview: a.preview,
             json: a.json,
+            quality: a.quality.options()?,
             model: ModelOptions::from(&a.model),
         })
     }
@@ -78,6 +85,12 @@ struct Summary<'a> {
     done: usize,
     skipped: usize,
     failed: usize,
+    /// Concepts that took more than one attempt (--min-quality).
+    retried: usize,
+    /// Concepts stored with their best attempt still under --min-quality.
+    below_gate: usize,
+    /// Stored assets regenerated because they were stale (--stale).
+    regenerated_stale: usize,
     failures: Vec<Failure>,
     collisions: Vec<Collision>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +132,14 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
     }
 
     let gens = load_generators(opts.pipeline, opts.fallback, &opts.model)?;
+    // After loading, so that revisions resolve to what was just downloaded.
+    let current = opts.stale.then(|| {
+        let c = Current::new(Some(opts.pipeline), &opts.model, opts.points, Some(opts.catalog.clone()));
+        if let (PipelineKind::PartCrafter, Err(e)) = (opts.pipeline, c.models()) {
+            tracing::warn!("--stale: current model revisions unknown, revisions not compared: {e}");
+        }
+        c
+    });
     let bar = ProgressBar::with_draw_target(
         Some(mine.len() as u64),
         if stderr_is_tty() && !opts.json { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
@@ -131,10 +152,10 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
     let results: Vec<(ConceptResult, String, String)> = pool.install(|| {
         mine.par_iter()
             .map(|c| {
-                let mut result = stored_result(c, &store, opts.force).unwrap_or_else(|| {
+                let mut result = existing(c, &store, &opts, current.as_ref()).unwrap_or_else(|(force, stale)| {
                     let request = request_for(c, Some(&opts.catalog), None, None, opts.points);
                     debug_delay();
-                    generate_one(&request, &gens, &store, opts.force)
+                    ConceptResult { stale, ..generate_one(&request, &gens, &store, force, &opts.quality) }
                 });
                 if opts.preview {
                     add_preview(&store, &mut result);
@@ -176,6 +197,9 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
             error: r.error.clone().unwrap_or_default(),
         })
         .collect();
+    let retried = results.iter().filter(|(r, _, _)| r.retried()).count();
+    let below_gate = results.iter().filter(|(r, _, _)| r.below_gate()).count();
+    let regenerated_stale = results.iter().filter(|(r, _, _)| !r.stale.is_empty() && r.status != "failed").count();
     let summary = Summary {
         catalog: opts.catalog_path.display().to_string(),
         store: store.url(),
@@ -184,6 +208,9 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
         done,
         skipped,
         failed: failures.len(),
+        retried,
+        below_gate,
+        regenerated_stale,
         failures,
         collisions,
         manifest_error,
@@ -193,8 +220,8 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
         emit_json(&serde_json::to_value(&summary)?);
     } else {
         emit(&format!(
-            "pregenerate {} shard {}: {} done, {} skipped (already stored), {} failed, of {}",
-            summary.catalog, summary.shard, done, skipped, summary.failed, summary.total_in_shard
+            "pregenerate {} shard {}: {} done, {} skipped (already stored), {} failed, of {}; {} retried, {} below the quality gate, {} stale regenerated",
+            summary.catalog, summary.shard, done, skipped, summary.failed, summary.total_in_shard, retried, below_gate, regenerated_stale
         ));
         for f in &summary.failures {
             emit(&format!("  failed: {} ({}): {}", f.text, f.key, f.error));
@@ -203,7 +230,31 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
             emit(&format!("  collision: {:?} share key {}", c.texts, c.key));
         }
     }
-    Ok(if summary.failed > 0 || summary.manifest_error.is_some() { exit::FAILED } else { exit::OK })
+    let short = summary.failed > 0 || summary.below_gate > 0 || summary.manifest_error.is_some();
+    Ok(if short { exit::FAILED } else { exit::OK })
+}
+
+/// The result for a concept that needs no generating, or `Err((force, stale reasons))` for
+/// one that does. With `--stale`, a stored asset is regenerated (overwritten) only when it is
+/// stale; otherwise, as always, a stored asset is kept unless `--force`.
+fn existing(
+    c: &Concept,
+    store: &Store,
+    opts: &PregenerateOptions,
+    current: Option<&Current>,
+) -> Result<ConceptResult, (bool, Vec<String>)> {
+    let Some(current) = current else {
+        return stored_result(c, store, opts.force).ok_or((opts.force, vec![]));
+    };
+    match check_stored(store, &c.key, current) {
+        Ok(None) => Err((false, vec![])),
+        Ok(Some(why)) if why.is_empty() => stored_result(c, store, false).ok_or((false, vec![])),
+        Ok(Some(why)) => {
+            tracing::info!(key = %c.key, "{}: stale ({}), regenerating", c.text, why.join("; "));
+            Err((true, why))
+        }
+        Err(e) => Ok(ConceptResult::failed(c, format!("{e:#}"))),
+    }
 }
 
 /// Test hook: `LUMEN_DEBUG_CONCEPT_DELAY_MS` slows each generated concept so integration

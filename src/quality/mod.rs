@@ -17,7 +17,7 @@ pub mod thresholds;
 use serde::{Deserialize, Serialize};
 
 pub use mask::{mask_stats, MaskStats};
-pub use retry::{AttemptRecord, MinQuality};
+pub use retry::{AttemptRecord, MinQuality, RetryPolicy};
 pub use signals::{MaskSignal, ShapeFacts, Signals};
 pub use thresholds::Thresholds;
 
@@ -92,6 +92,13 @@ pub fn label(verdict: Verdict, reasons: &[String]) -> String {
     } else {
         format!("{verdict}: {}", reasons.join("; "))
     }
+}
+
+/// What a generating run does about quality: how it grades, and its gate and retries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QualityOptions {
+    pub thresholds: Thresholds,
+    pub policy: retry::RetryPolicy,
 }
 
 /// The verdict and reasons as a manifest entry and a command's result carry them.

@@ -59,12 +59,14 @@ pub struct AttemptRecord {
     pub error: Option<String>,
 }
 
-/// The seed of attempt `k`: the request's own for 0, derived from it after that.
+/// The seed of attempt `k`: the request's own for 0, derived from it after that. Derived
+/// seeds are 31-bit like the default seeds (`concept::default_seed`), so a JavaScript client
+/// reading an asset's `seed` gets it exactly.
 pub fn attempt_seed(base: u64, k: usize) -> u64 {
     if k == 0 {
         base
     } else {
-        Rng::derive(base, &format!("quality retry {k}")).next_u64()
+        Rng::derive(base, &format!("quality retry {k}")).next_u64() >> 33
     }
 }
 
@@ -152,6 +154,7 @@ mod tests {
         assert_eq!(unique.len(), 6, "{seeds:?}");
         assert_eq!(seeds, (0..6).map(|k| attempt_seed(42, k)).collect::<Vec<_>>());
         assert_ne!(attempt_seed(42, 1), attempt_seed(43, 1));
+        assert!(seeds.iter().all(|&s| s <= 0x7fff_ffff), "{seeds:?}");
     }
 
     #[test]
