@@ -82,6 +82,30 @@ pub const PARTCRAFTER: Repo =
 
 pub const ALL_REPOS: [Repo; 4] = [SDXL_TURBO, SDXL_VAE_FP16_FIX, RMBG, PARTCRAFTER];
 
+/// One line per repo: its licence and, where the card restricts use, what that means.
+pub fn license_lines(repos: &[Repo]) -> Vec<String> {
+    repos.iter().map(|r| format!("{}: {} ({})", r.id, r.license.id, r.license.terms)).collect()
+}
+
+/// Warns, where a user downloads a model, that its card restricts commercial use.
+pub fn warn_restricted(repos: &[Repo]) {
+    for r in repos.iter().filter(|r| !r.license.commercial_use) {
+        tracing::warn!(
+            repo = r.id,
+            license = r.license.id,
+            "{} is licensed {}: {}",
+            r.id,
+            r.license.id,
+            r.license.terms
+        );
+    }
+}
+
+/// The repos a pipeline run reads (`pipeline_files`), in order.
+pub fn pipeline_repos(device: DeviceKind, fp16_vae: bool) -> Vec<Repo> {
+    pipeline_files(device, fp16_vae).into_iter().map(|f| f.repo).collect()
+}
+
 /// The repo lumen reads under `id`, if any.
 pub fn repo_by_id(id: &str) -> Option<Repo> {
     ALL_REPOS.iter().copied().find(|r| r.id == id)
@@ -326,6 +350,9 @@ impl WeightsSource {
             let why = if self.offline { "HF_HUB_OFFLINE is set" } else { "this command does not download" };
             return Err(UsageError(self.missing_message(&missing, device, fp16_vae, why)).into());
         }
+        let downloading: Vec<Repo> =
+            needs.iter().map(|f| f.repo).filter(|r| missing.iter().any(|(id, _, _)| id == r.id)).collect();
+        warn_restricted(&downloading);
         let config = hub::client::HubConfig::from_env()?;
         let opts = hub::FetchOptions { progress: download.progress, ..Default::default() };
         hub::fetch(&self.cache_dir, config, &self.wants(&needs), opts)?;
@@ -372,6 +399,11 @@ impl WeightsSource {
         ));
         for ((repo, rev), files) in &by_repo {
             msg.push_str(&format!("  hf download {repo} {} --revision {rev}\n", files.join(" ")));
+        }
+        for (repo, _) in by_repo.keys() {
+            if let Some(r) = repo_by_id(repo).filter(|r| !r.license.commercial_use) {
+                msg.push_str(&format!("Licence: {} is {}: {}\n", r.id, r.license.id, r.license.terms));
+            }
         }
         msg.trim_end().to_string()
     }

@@ -56,7 +56,21 @@ impl PreflightOptions {
     }
 }
 
+const LICENSE_CHECK: &str = "model licences";
 const HEADERS_CHECK: &str = "partcrafter weights (safetensors headers)";
+
+/// Each model's licence as its card names it; restrictions are named, not failed: whether a
+/// use is allowed is the user's agreement with the maker, not something a check can know.
+fn license_summary(model: &ModelOptions) -> String {
+    let device = select_device(model.force_cpu).map(|d| crate::weights::DeviceKind::of(&d));
+    let repos = crate::weights::pipeline_repos(device.unwrap_or(crate::weights::DeviceKind::Cpu), model.fp16_vae);
+    let restricted: Vec<&str> = repos.iter().filter(|r| !r.license.commercial_use).map(|r| r.id).collect();
+    let mut s = crate::weights::license_lines(&repos).join("; ");
+    if !restricted.is_empty() {
+        s.push_str(&format!(" — not for commercial use without the maker's agreement: {}", restricted.join(", ")));
+    }
+    s
+}
 const LOAD_CHECK: &str = "partcrafter pipeline (weights resolve and load)";
 const RUN_CHECK: &str = "partcrafter tiny end-to-end run";
 
@@ -217,6 +231,7 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
             extract_depth: 5,
             ..Default::default()
         };
+        checks.push(check(LICENSE_CHECK, || Ok(license_summary(&model))));
         let headers = check(HEADERS_CHECK, || weights_headers(&model));
         let headers_ok = headers.status == "ok";
         checks.push(headers);
@@ -234,6 +249,7 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
             None => checks.push(skipped(RUN_CHECK, "the pipeline did not load")),
         }
     } else {
+        checks.push(skipped(LICENSE_CHECK, "--pipeline procedural (no models)"));
         checks.push(skipped(HEADERS_CHECK, "--pipeline procedural"));
         checks.push(skipped(LOAD_CHECK, "--pipeline procedural"));
         checks.push(skipped(RUN_CHECK, "--pipeline procedural"));
