@@ -16,7 +16,8 @@ pub fn lumen() -> Command {
         .env_remove("GOOGLE_SERVICE_ACCOUNT_KEY")
         .env_remove("GOOGLE_SERVICE_ACCOUNT")
         .env_remove("LUMEN_STORE")
-        .env_remove("LUMEN_WEIGHTS");
+        .env_remove("LUMEN_WEIGHTS")
+        .env_remove("LUMEN_QUALITY_THRESHOLDS");
     c
 }
 
