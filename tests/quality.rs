@@ -258,7 +258,7 @@ fn stale_regenerates_exactly_what_another_setting_made() {
     );
     let after = blobs(&store);
     let changed: Vec<&str> = before.keys().filter(|k| before[*k] != after[*k]).map(String::as_str).collect();
-    let mut want = vec![key("mug"), key("table"), key("lamp")];
+    let mut want = [key("mug"), key("table"), key("lamp")];
     want.sort();
     assert_eq!(changed, want.iter().map(String::as_str).collect::<Vec<_>>(), "exactly the stale ones are rewritten");
     assert_eq!(asset(&store, "mug").num_points, 2048);

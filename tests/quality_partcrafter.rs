@@ -182,5 +182,5 @@ fn a_retry_changes_the_seed_and_keeps_the_better_attempt() {
     let a = stored(&store);
     assert_eq!(a.seed, base);
     assert_eq!(a.quality.as_ref().unwrap().attempts.len(), 4);
-    assert_eq!(a.quality.unwrap().gate.unwrap().passed, false);
+    assert!(!a.quality.unwrap().gate.unwrap().passed);
 }

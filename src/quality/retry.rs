@@ -176,13 +176,16 @@ mod tests {
         let gated = RetryPolicy { gate: Some(MinQuality::Ok), retries: 2 };
         assert_eq!(next_step(&gated, 7, &[]), Step::Retry { attempt: 0, seed: 7 });
         let bad = rec(0, Some(Verdict::Bad), 1, true);
-        assert_eq!(next_step(&gated, 7, &[bad.clone()]), Step::Retry { attempt: 1, seed: attempt_seed(7, 1) });
+        assert_eq!(
+            next_step(&gated, 7, std::slice::from_ref(&bad)),
+            Step::Retry { attempt: 1, seed: attempt_seed(7, 1) }
+        );
         let ok = rec(1, Some(Verdict::Ok), 0, true);
         assert_eq!(next_step(&gated, 7, &[bad.clone(), ok]), Step::Stop);
         let three = [bad.clone(), rec(1, Some(Verdict::Weak), 1, true), rec(2, None, 0, false)];
         assert_eq!(next_step(&gated, 7, &three), Step::Stop, "1 + 2 retries made");
         let ungated = RetryPolicy { gate: None, retries: 5 };
-        assert_eq!(next_step(&ungated, 7, &[bad.clone()]), Step::Stop);
+        assert_eq!(next_step(&ungated, 7, std::slice::from_ref(&bad)), Step::Stop);
         let weak_gate = RetryPolicy { gate: Some(MinQuality::Weak), retries: 3 };
         assert_eq!(next_step(&weak_gate, 7, &[rec(0, Some(Verdict::Weak), 1, true)]), Step::Stop);
     }
