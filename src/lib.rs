@@ -13,6 +13,7 @@ pub mod concept;
 pub mod conv;
 pub mod cuda;
 pub mod device;
+pub mod env_vars;
 pub mod error;
 pub mod gallery;
 pub mod generation;
