@@ -361,6 +361,7 @@ impl Engine {
             let measured = sized.and_then(|()| measure(self.handle, &self.stream, &mut self.workspace, plan, b));
             let (perf, ws_len) = match measured {
                 Err(e) if e.is_out_of_memory() => {
+                    tracing::warn!(?shape, workspace_cap = cap, error = %e, "cuDNN algorithm search out of memory; retrying with less workspace");
                     out_of_memory = Some(e);
                     continue;
                 }
