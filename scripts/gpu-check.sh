@@ -82,6 +82,8 @@ if ldd "$bin" 2>/dev/null | grep -q "libcudart\|libcublas"; then
     export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 fi
+# Named here; the smoke step then fails on it and records it.
+ldd "$bin" 2>/dev/null | grep "not found" | sed 's/^[[:space:]]*/missing library: /' | tee -a "$log"
 
 gpu=0
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
