@@ -128,7 +128,8 @@ fn mem_total_mib() -> Option<u64> {
 
 /// A real numerical check of `device` against the CPU: a 256×512·512×192 GEMM in f32 and a
 /// sum/max reduction over 2²⁰ values, both compared with the same computation on the CPU, and
-/// on a GPU a half-precision GEMM against the f32 result. Returns a one-line summary.
+/// on a GPU a half-precision GEMM against the f32 result and one tiny launch of each of
+/// lumen's own kernels ([`kernel_checks`]). Returns a one-line summary.
 ///
 /// Why these: they exercise cuBLAS (what every linear layer uses), candle's reduction kernels
 /// and the half-precision path the models run in, which is where a broken driver, a PTX that
@@ -170,8 +171,68 @@ pub fn self_check(device: &Device) -> Result<String> {
             bail!("{} GEMM on {} differs from f32: rel L2 {half_err:.3e}", dtype_name(half), device_label(device));
         }
         summary.push_str(&format!(", {} GEMM rel L2 {half_err:.1e}", dtype_name(half)));
+        summary.push_str(&format!("; {}", kernel_checks(device)?));
     }
     Ok(summary)
+}
+
+/// One tiny launch of each of lumen's own CUDA kernels (fused attention, the safe path's
+/// softmax, the NaN fill both poison with, fused GroupNorm + SiLU) and of a convolution
+/// (cuDNN in a cuDNN build), each against the same computation on the CPU.
+///
+/// Why in the self-check: these load PTX modules and libraries that the GEMM above never
+/// touches (lumen's `attention` and `groupnorm` PTX, candle's cast/affine kernels, cuDNN), so
+/// a PTX the driver cannot JIT-compile or a missing library shows up here, in seconds,
+/// instead of in the first concept.
+fn kernel_checks(device: &Device) -> Result<String> {
+    use crate::attention::{attention_with, Options, Path};
+    let mut parts = Vec::new();
+    for (path, d) in [(Path::Fused, 64), (Path::Safe, 80)] {
+        let (b, h, l) = (1, 2, 70);
+        let t = |step: f64| -> Result<Tensor> { Ok(pattern(b * h * l * d, step)?.reshape((b, h, l, d))?) };
+        let (q, k, v) = (t(0.37)?, t(0.53)?, t(0.71)?);
+        let scale = 1.0 / (d as f64).sqrt();
+        let want = attention_with(&q, &k, &v, scale, true, &Options::default())?.0;
+        let on_device = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F16)?.to_device(device)?) };
+        let opts = Options { path: Some(path), poison: true, ..Options::default() };
+        let (got, _) = attention_with(&on_device(&q)?, &on_device(&k)?, &on_device(&v)?, scale, true, &opts)
+            .with_context(|| format!("{} attention kernel on the GPU", path.name()))?;
+        let err = crate::goldens::rel_l2(&got.to_dtype(DType::F32)?.to_device(&Device::Cpu)?, &want)?;
+        // f16 inputs and outputs: ~1e-3; a wrong kernel is off by O(1) or NaN.
+        if !(err < 5e-3) {
+            bail!("{} attention (f16, head dim {d}) on the GPU differs from the CPU: rel L2 {err:.3e}", path.name());
+        }
+        parts.push(format!("{} attention rel L2 {err:.1e}", path.name()));
+    }
+
+    let (n, c, groups) = (2, 32, 8);
+    let x = pattern(n * c * 8 * 8, 0.29)?.reshape((n, c, 8, 8))?;
+    let (weight, bias) = ((pattern(c, 0.7)? + 1.0)?, pattern(c, 0.3)?);
+    let norm =
+        |dev: &Device| crate::conv::GroupNorm::new(weight.to_device(dev)?, bias.to_device(dev)?, c, groups, 1e-5);
+    let want = norm(&Device::Cpu)?.forward_silu(&x)?;
+    let got = norm(device)?.forward_silu(&x.to_device(device)?).context("group norm kernel on the GPU")?;
+    let err = crate::goldens::rel_l2(&got.to_device(&Device::Cpu)?, &want)?;
+    if !(err < 1e-4) {
+        bail!("group norm + SiLU (f32) on the GPU differs from the CPU: rel L2 {err:.3e}");
+    }
+    parts.push(format!("group norm rel L2 {err:.1e}"));
+
+    let (w, b) = (pattern(16 * 32 * 9, 0.11)?.reshape((16, 32, 3, 3))?, pattern(16, 0.9)?);
+    let cfg = crate::conv::Conv2dConfig { padding: 1, ..Default::default() };
+    let conv = |dev: &Device| -> Result<crate::conv::Conv2d> {
+        Ok(crate::conv::Conv2d::new(w.to_device(dev)?, Some(b.to_device(dev)?), cfg))
+    };
+    use candle_core::Module;
+    let want = conv(&Device::Cpu)?.forward(&x)?;
+    let got = conv(device)?.forward(&x.to_device(device)?).context("convolution on the GPU")?;
+    let err = crate::goldens::rel_l2(&got.to_device(&Device::Cpu)?, &want)?;
+    // TF32 (when allowed) rounds products to 10-bit mantissas: a few 1e-4.
+    if !(err < 2e-3) {
+        bail!("conv2d (f32) on the GPU differs from the CPU: rel L2 {err:.3e}");
+    }
+    parts.push(format!("conv2d rel L2 {err:.1e}"));
+    Ok(format!("lumen kernels: {}", parts.join(", ")))
 }
 
 fn device_label(device: &Device) -> &'static str {

@@ -23,6 +23,7 @@ pub mod attention;
 pub mod concept;
 pub mod conv;
 pub mod geometry;
+pub mod memory;
 pub mod partcrafter;
 pub mod peer;
 pub mod rmbg;
@@ -74,6 +75,12 @@ pub struct BenchRow {
     pub reference_ms: Option<f64>,
     /// `median_ms / reference_ms` (below 1: lumen is faster).
     pub ratio: Option<f64>,
+    /// `memory` suite: the predicted peak device memory of the row's stage, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_mib: Option<f64>,
+    /// `memory` suite on CUDA: the measured peak (resident weights + the run's peak), MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured_mib: Option<f64>,
     /// Free-form: sizes, throughput, FLOP rate.
     pub note: String,
 }
@@ -222,4 +229,5 @@ pub const SUITES: &[(&str, Suite)] = &[
     ("concept", concept::run),
     ("conv", conv::run),
     ("conv_check", conv::check),
+    ("memory", memory::run),
 ];
