@@ -5,7 +5,6 @@
 
 pub mod asset;
 pub mod attention;
-pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
@@ -13,11 +12,11 @@ pub mod concept;
 pub mod conv;
 pub mod cuda;
 pub mod device;
+pub mod diagnostics;
 pub mod error;
 pub mod gallery;
 pub mod generation;
 pub mod geometry;
-pub mod goldens;
 pub mod hub;
 pub mod models;
 pub mod pipeline;
@@ -30,3 +29,6 @@ pub mod store;
 pub mod synth;
 pub mod time;
 pub mod weights;
+
+// Old paths while the moved modules' own imports are updated.
+pub use diagnostics::{bench, goldens};

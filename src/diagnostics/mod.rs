@@ -1,0 +1,3 @@
+//! Diagnostics: the benchmark suites, the golden cases and the device self-check.
+pub mod bench;
+pub mod goldens;
