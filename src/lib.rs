@@ -29,6 +29,3 @@ pub mod store;
 pub mod synth;
 pub mod time;
 pub mod weights;
-
-// Old paths while the moved modules' own imports are updated.
-pub use diagnostics::{bench, goldens};

@@ -13,9 +13,9 @@ use super::{emit, emit_json};
 use crate::asset::Asset;
 use crate::cli::{DtypeArg, PreflightArgs};
 use crate::concept::{Catalog, Concept};
+use crate::diagnostics::goldens::CaseResult;
 use crate::error::exit;
 use crate::generation::PipelineKind;
-use crate::goldens::CaseResult;
 use crate::pipeline::partcrafter::{select_device, ModelOptions, PartCrafterGenerator};
 use crate::shape::{build_asset, ProceduralGenerator, ShapeGenerator, ShapeRequest};
 use crate::store::{Store, StoreOptions};
@@ -125,9 +125,9 @@ fn goldens_checks(opts: &PreflightOptions, dir: &std::path::Path, cases: &mut Ve
     dtypes
         .into_iter()
         .map(|dtype| {
-            let name = format!("goldens {} on {}", crate::bench::dtype_name(dtype), crate::bench::device_name(&device));
+            let name = format!("goldens {} on {}", crate::device::dtype_name(dtype), crate::device::label(&device));
             check(&name, || {
-                let got = crate::goldens::run(dir, &device, dtype)?;
+                let got = crate::diagnostics::goldens::run(dir, &device, dtype)?;
                 let failed: Vec<String> = got
                     .iter()
                     .filter(|c| !c.pass)
@@ -182,7 +182,7 @@ pub fn run(opts: PreflightOptions) -> Result<u8> {
     checks.push(check("device", || {
         let device = select_device(opts.force_cpu)?;
         let info = crate::device::describe(&device);
-        let summary = crate::device::self_check(&device)?;
+        let summary = crate::diagnostics::self_check::self_check(&device)?;
         Ok(format!("{} — {summary}", info.summary().trim_start_matches("device: ")))
     }));
     checks.push(check("catalog", || {

@@ -27,6 +27,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::compare::{centered_rel_l2, rel_l2};
 use crate::models::partcrafter::dit::{DitConfig, PartCrafterDit, PartIds};
 use crate::models::partcrafter::encoder::{Dinov2Config, Dinov2Model};
 use crate::models::partcrafter::sampler;
@@ -94,33 +95,6 @@ pub struct CaseResult {
     pub outputs: Vec<OutputCheck>,
 }
 
-/// ‖got − want‖₂ / ‖want‖₂ in f64 (‖got‖ when want is all zeros). Shapes must match.
-pub fn rel_l2(got: &Tensor, want: &Tensor) -> Result<f64> {
-    let (g, w) = pair(got, want)?;
-    let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
-    let den: f64 = w.iter().map(|b| b * b).sum();
-    Ok(if den == 0.0 { num.sqrt() } else { (num / den).sqrt() })
-}
-
-/// ‖got − want‖₂ / ‖want − mean(want)‖₂ (outputs whose large mean would hide an error).
-pub fn centered_rel_l2(got: &Tensor, want: &Tensor) -> Result<f64> {
-    let (g, w) = pair(got, want)?;
-    let mean = w.iter().sum::<f64>() / w.len().max(1) as f64;
-    let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
-    let den: f64 = w.iter().map(|b| (b - mean).powi(2)).sum();
-    Ok((num / den).sqrt())
-}
-
-fn pair(got: &Tensor, want: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
-    if got.dims() != want.dims() {
-        bail!("shape {:?} vs reference {:?}", got.dims(), want.dims());
-    }
-    let v = |t: &Tensor| -> Result<Vec<f64>> {
-        Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-    };
-    Ok((v(got)?, v(want)?))
-}
-
 /// Runs every golden case of every component found under `root` on `device` in `dtype`.
 /// BriaRMBG runs in f32 whatever `dtype` (as the pipeline runs it), so its cases are part of
 /// the f32 pass only. Fails when `root` holds none of [`COMPONENTS`].
@@ -173,8 +147,8 @@ fn case_result(
     Ok(CaseResult {
         component: component.into(),
         case: case.into(),
-        device: crate::bench::device_name(device),
-        dtype: crate::bench::dtype_name(dtype),
+        device: crate::device::label(device),
+        dtype: crate::device::dtype_name(dtype).to_string(),
         pass: outputs.iter().all(|o| o.pass() && o.error.is_finite()),
         worst,
         outputs,

@@ -399,7 +399,8 @@ mod tests {
     /// The pruned nearest-other-part search against a plain scan over every pair.
     #[test]
     fn attachment_matches_brute_force() {
-        let cloud = sample_parts(&crate::bench::sampling::test_meshes(), &SampleOptions::new(1500, 9)).unwrap();
+        let cloud =
+            sample_parts(&crate::geometry::primitives::four_part_test_meshes(), &SampleOptions::new(1500, 9)).unwrap();
         let (pos, ids) = (&cloud.positions, &cloud.part_ids);
         let area = 1.7;
         let spacing = (area / pos.len() as f64).sqrt() as f32;

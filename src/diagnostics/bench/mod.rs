@@ -87,15 +87,15 @@ impl BenchRow {
             iters,
             median_ms: t.0,
             min_ms: t.1,
-            device: device_name(&opts.device),
-            dtype: dtype_name(opts.dtype),
+            device: crate::device::label(&opts.device),
+            dtype: crate::device::dtype_name(opts.dtype).to_string(),
             peak_mem_mib: peak_mem_mib(&opts.device),
             ..Default::default()
         }
     }
 
     pub fn dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype_name(dtype);
+        self.dtype = crate::device::dtype_name(dtype).to_string();
         self
     }
 
@@ -115,18 +115,6 @@ impl BenchRow {
         self.ratio = ms.filter(|r| *r > 0.0).map(|r| self.median_ms / r);
         self
     }
-}
-
-pub fn device_name(d: &Device) -> String {
-    match d.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
-}
-
-pub fn dtype_name(d: DType) -> String {
-    crate::device::dtype_name(d).to_string()
 }
 
 /// Times `f` once to warm up, then `iters` times; returns median and min in ms. The clock
