@@ -111,7 +111,7 @@ fn log_once(msg: String) {
     static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if seen.get_or_insert_with(HashSet::new).insert(msg.clone()) {
-        crate::commands::log(&msg);
+        tracing::info!("{msg}");
     }
 }
 

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use super::{emit, emit_json, log};
+use super::{emit, emit_json};
 use crate::cli::BenchArgs;
 use crate::diagnostics::bench::{reset_peak, BenchOptions, BenchRow, SUITES};
 use crate::error::{exit, UsageError};
@@ -42,10 +42,10 @@ pub fn run(a: BenchArgs) -> Result<u8> {
         emit(&header());
     }
     for (name, suite) in chosen {
-        log(&format!(
+        tracing::info!(
             "running bench suite {name} on {device} ({dtype}, {sizes}; {} iterations after a warm-up)",
             opts.iters
-        ));
+        );
         reset_peak();
         let mut got = suite(&opts)?;
         for r in &mut got {

@@ -60,9 +60,10 @@ impl From<&ModelArgs> for ModelOptions {
     }
 }
 
-/// A log line on stderr.
+/// An INFO event. Only `pregenerate` still calls it, until that command (being rewritten)
+/// logs through `tracing` itself; then this goes.
 pub fn log(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+    tracing::info!("{msg}");
 }
 
 /// Data on stdout; a closed pipe (`lumen stats | head`) is not an error.

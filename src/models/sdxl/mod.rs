@@ -283,23 +283,24 @@ impl SdxlTurbo {
         let time_ids = self.time_ids()?;
         let sched = EulerAncestral::new(&self.scheduler, self.options.steps)?;
 
-        let start = timings.start();
-        let mut latents = (unit_latents.to_device(&self.device)?.to_dtype(DType::F32)? * sched.init_noise_sigma)?;
-        let (mut unet_inputs, mut noise_preds) = (Vec::new(), Vec::new());
-        for (i, &t) in sched.timesteps.iter().enumerate() {
-            let input = sched.scale_model_input(&latents, i)?.to_dtype(self.dtype)?;
-            let eps = self.unet.forward(
-                &input,
-                t,
-                &prompt_embeds,
-                Some(AddedCond { text_embeds: &text_embeds, time_ids: &time_ids }),
-            )?;
-            let z = noise(i)?.to_device(&self.device)?;
-            latents = sched.step(&eps, i, &latents, &z)?.prev_sample;
-            unet_inputs.push(input);
-            noise_preds.push(eps);
-        }
-        timings.stop("sdxl_unet", start);
+        let (latents, unet_inputs, noise_preds) = timings.time("sdxl_unet", || -> Result<_> {
+            let mut latents = (unit_latents.to_device(&self.device)?.to_dtype(DType::F32)? * sched.init_noise_sigma)?;
+            let (mut unet_inputs, mut noise_preds) = (Vec::new(), Vec::new());
+            for (i, &t) in sched.timesteps.iter().enumerate() {
+                let input = sched.scale_model_input(&latents, i)?.to_dtype(self.dtype)?;
+                let eps = self.unet.forward(
+                    &input,
+                    t,
+                    &prompt_embeds,
+                    Some(AddedCond { text_embeds: &text_embeds, time_ids: &time_ids }),
+                )?;
+                let z = noise(i)?.to_device(&self.device)?;
+                latents = sched.step(&eps, i, &latents, &z)?.prev_sample;
+                unet_inputs.push(input);
+                noise_preds.push(eps);
+            }
+            Ok((latents, unet_inputs, noise_preds))
+        })?;
 
         let (vae_raw, image) = timings.time("sdxl_vae", || -> Result<(Tensor, Tensor)> {
             let z = latents.to_dtype(self.vae_dtype)?;
