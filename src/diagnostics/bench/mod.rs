@@ -50,6 +50,7 @@ impl BenchOptions {
     }
 
     /// CPU, f32 (tests).
+    #[cfg(test)]
     pub fn cpu(iters: usize, quick: bool) -> Self {
         Self { iters: iters.max(1), quick, device: Device::Cpu, dtype: DType::F32 }
     }
@@ -211,3 +212,28 @@ pub const SUITES: &[(&str, Suite)] = &[
     ("conv", conv::run),
     ("conv_check", conv::check),
 ];
+
+#[cfg(test)]
+mod tests {
+    /// `--cpu` reaches every suite only if each takes its device from `BenchOptions` (the
+    /// one place that opens one): a suite that opens its own runs on the GPU whatever the
+    /// flag, which a CPU build cannot show by running it, so its source is checked.
+    #[test]
+    fn suites_run_on_the_options_device() {
+        let suites = [
+            ("attention.rs", include_str!("attention.rs")),
+            ("concept.rs", include_str!("concept.rs")),
+            ("conv.rs", include_str!("conv.rs")),
+            ("geometry.rs", include_str!("geometry.rs")),
+            ("partcrafter.rs", include_str!("partcrafter.rs")),
+            ("rmbg.rs", include_str!("rmbg.rs")),
+            ("sampling.rs", include_str!("sampling.rs")),
+            ("sdxl.rs", include_str!("sdxl.rs")),
+        ];
+        for (file, code) in suites {
+            for opener in ["select_device(", "Device::new_cuda(", "Device::cuda_if_available("] {
+                assert!(!code.contains(opener), "bench/{file} opens its own device ({opener}…): use opts.device");
+            }
+        }
+    }
+}
