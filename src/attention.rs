@@ -218,6 +218,7 @@ mod tests {
     use super::*;
 
     /// Plain f64 reference on flat data.
+    #[allow(clippy::too_many_arguments)] // the layout of flat data: every dimension is an argument
     fn reference(
         q: &[f32],
         k: &[f32],

@@ -26,7 +26,7 @@ pub fn self_check(device: &Device) -> Result<String> {
     let got = a.to_device(device)?.matmul(&b.to_device(device)?)?.to_device(&Device::Cpu)?;
     // TF32 or a different summation order may differ slightly; a broken GEMM is off by O(1).
     let gemm_err = rel_l2(&got, &want)?;
-    if !(gemm_err < 1e-3) {
+    if gemm_err.is_nan() || gemm_err >= 1e-3 {
         bail!("f32 GEMM {m}×{k}·{k}×{n} on {} differs from the CPU: rel L2 {gemm_err:.3e}", device_label(device));
     }
     let x = pattern(1 << 20, 0.13)?;
@@ -34,7 +34,7 @@ pub fn self_check(device: &Device) -> Result<String> {
     let xd = x.to_device(device)?;
     let (sum_dev, max_dev) = (xd.sum_all()?.to_scalar::<f32>()?, xd.max(0)?.to_scalar::<f32>()?);
     let sum_err = ((sum_dev - sum_cpu) / sum_cpu.abs().max(1.0)).abs();
-    if !(sum_err < 1e-4) || max_dev != max_cpu {
+    if sum_err.is_nan() || sum_err >= 1e-4 || max_dev != max_cpu {
         bail!(
             "reduction on {} differs from the CPU: sum {sum_dev} vs {sum_cpu}, max {max_dev} vs {max_cpu}",
             device_label(device)
@@ -51,7 +51,7 @@ pub fn self_check(device: &Device) -> Result<String> {
             .to_device(&Device::Cpu)?;
         let half_err = rel_l2(&got, &want)?;
         // f16 inputs carry 2^-11 relative rounding; over k = 512 products the error stays ~1e-3.
-        if !(half_err < 5e-3) {
+        if half_err.is_nan() || half_err >= 5e-3 {
             bail!("{} GEMM on {} differs from f32: rel L2 {half_err:.3e}", dtype_name(half), device_label(device));
         }
         summary.push_str(&format!(", {} GEMM rel L2 {half_err:.1e}", dtype_name(half)));

@@ -243,6 +243,7 @@ impl Soa {
         let mut best = [f32::INFINITY; LANES];
         let n = self.x.len() / LANES * LANES;
         for c in (0..n).step_by(LANES) {
+            #[allow(clippy::needless_range_loop)] // one lane per index: the loop the compiler vectorises
             for l in 0..LANES {
                 let (dx, dy, dz) = (self.x[c + l] - p[0], self.y[c + l] - p[1], self.z[c + l] - p[2]);
                 let d = dx * dx + dy * dy + dz * dz;
