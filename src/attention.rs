@@ -136,7 +136,7 @@ fn log_once(msg: String) {
     static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if seen.get_or_insert_with(HashSet::new).insert(msg.clone()) {
-        crate::commands::log(&msg);
+        tracing::info!("{msg}");
     }
 }
 
@@ -268,6 +268,7 @@ mod tests {
     use super::*;
 
     /// Plain f64 reference on flat data.
+    #[allow(clippy::too_many_arguments)] // the layout of flat data: every dimension is an argument
     fn reference(
         q: &[f32],
         k: &[f32],

@@ -139,7 +139,7 @@ pub fn chosen_algorithm(x: &Tensor, weight: &Tensor, bias: bool, cfg: &Conv2dCon
 
 fn announce_path() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| crate::commands::log(&format!("conv2d on CUDA: {}", cuda_path())));
+    ONCE.call_once(|| tracing::info!("conv2d on CUDA: {}", cuda_path()));
 }
 
 #[cfg(test)]

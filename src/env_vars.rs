@@ -50,6 +50,8 @@ pub const READ: &[EnvVar] = &[
     lumen("HF_ENDPOINT", "the hub's address (a mirror)"),
     lumen("HF_TOKEN", "hub token for gated or private repos"),
     lumen("HF_TOKEN_PATH", "file holding the hub token"),
+    lumen("LUMEN_LOG_FORMAT", "default of --log-format (text | json; json when stderr is not a terminal)"),
+    lumen("RUST_LOG", "log filter (tracing's EnvFilter syntax); wins over -v/-q"),
     lumen("LUMEN_CUDNN_TF32", "0: cuDNN convolutions without TF32"),
     lumen("LUMEN_BENCH_PC_PARTS", "bench only: PartCrafter parts"),
     lumen("LUMEN_BENCH_PC_TOKENS", "bench only: PartCrafter tokens per part"),

@@ -8,6 +8,9 @@
 //! kernel line by line (same names), so a change there must be mirrored here. What this
 //! cannot check (cp.async ordering, barriers, the real instructions) is the GPU check's job.
 
+// Indices and argument lists as the kernel has them, so the two read side by side.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 use super::plan::{FUSED_BLOCK_K as BLOCK_K, FUSED_BLOCK_Q as BLOCK_Q};
 
 /// One 32-bit register: two 16-bit values (kept as f32, already rounded to the dtype).

@@ -38,10 +38,13 @@ pub struct Dims {
 }
 
 /// Query rows per block of the fused kernel (4 warps × 16 rows).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub const FUSED_BLOCK_Q: usize = 64;
 /// Keys per shared-memory tile of the fused kernel.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub const FUSED_BLOCK_K: usize = 64;
 /// Threads per block of the fused kernel.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub const FUSED_THREADS: u32 = 128;
 /// Head dims with a fused instantiation.
 pub const FUSED_HEAD_DIMS: [usize; 2] = [64, 128];
@@ -108,6 +111,7 @@ pub fn choose(compute_capability: Option<(i32, i32)>, dtype: DType, s: &Dims) ->
 }
 
 /// Grid of the fused kernel: (query blocks, batch × heads, 1).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub fn fused_grid(s: &Dims) -> (u32, u32, u32) {
     (s.lq.div_ceil(FUSED_BLOCK_Q) as u32, (s.b * s.h) as u32, 1)
 }
@@ -115,12 +119,14 @@ pub fn fused_grid(s: &Dims) -> (u32, u32, u32) {
 /// Key tiles the fused kernel visits for the query block starting at `q0`: all of them, or
 /// under the causal mask only those up to the block's last visible key
 /// (`q0 + FUSED_BLOCK_Q - 1 + lk - lq`). Mirrors `key_end`/`tiles` in the kernel.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub fn fused_key_tiles(q0: usize, lq: usize, lk: usize, causal: bool) -> usize {
     let end = if causal { (q0 + FUSED_BLOCK_Q + lk).saturating_sub(lq).min(lk) } else { lk };
     end.div_ceil(FUSED_BLOCK_K)
 }
 
 /// Kernel name of the fused path.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub fn fused_kernel(dtype: DType, d: usize) -> Option<&'static str> {
     Some(match (dtype, d) {
         (DType::F16, 64) => "attn_fwd_f16_d64",
@@ -154,6 +160,7 @@ pub fn split_scale(scale: f64) -> (f64, f64) {
 
 /// The fused kernel copies K and V rows with 16-byte `cp.async`: a tensor whose storage
 /// starts at an element offset that is not a multiple of 8 halves must be copied first.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub fn needs_realign(start_offset: usize) -> bool {
     start_offset % 8 != 0
 }

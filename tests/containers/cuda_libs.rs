@@ -11,7 +11,7 @@
 //!   run; the CUDA image's build stage runs the third on every build.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::docker::{self, repo, BASE_IMAGE};
@@ -90,7 +90,7 @@ fn cuda_build() -> Option<(PathBuf, PathBuf)> {
     binary.is_file().then_some((binary, site))
 }
 
-fn check_against_binary(list: &BTreeMap<String, String>, binary: &PathBuf, site: &PathBuf) {
+fn check_against_binary(list: &BTreeMap<String, String>, binary: &Path, site: &Path) {
     let out = Command::new("readelf").arg("-d").arg(binary).output().expect("readelf runs");
     let text = String::from_utf8_lossy(&out.stdout);
     let needed: Vec<&str> = text

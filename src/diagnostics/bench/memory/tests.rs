@@ -170,7 +170,7 @@ fn prediction_configs_are_the_released_ones() {
         assert_eq!(dino[k].as_bool(), v.as_bool(), "{k}");
     }
     let vae = read("stabilityai--sdxl-turbo/vae/config.json");
-    let ours: serde_json::Value = serde_json::from_str(crate::bench::sdxl::VAE_CONFIG).unwrap();
+    let ours: serde_json::Value = serde_json::from_str(crate::diagnostics::bench::sdxl::VAE_CONFIG).unwrap();
     assert_eq!(vae["block_out_channels"], ours["block_out_channels"]);
     assert_eq!(vae["layers_per_block"], ours["layers_per_block"]);
 }

@@ -17,7 +17,7 @@ use candle_core::DType;
 
 use crate::attention::plan::{self, Dims, Path};
 use crate::attention::SCORE_BUDGET_BYTES;
-use crate::bench::partcrafter::COND_TOKENS;
+use crate::diagnostics::bench::partcrafter::COND_TOKENS;
 use crate::models::partcrafter::dit::DitConfig;
 use crate::models::partcrafter::encoder::Dinov2Config;
 use crate::models::partcrafter::vae::{VaeConfig as SdfConfig, DECODE_CHUNK_CUDA};
@@ -133,7 +133,7 @@ pub struct Activations {
 
 impl Activations {
     fn of(mut terms: Vec<(String, u64)>) -> Self {
-        terms.sort_by(|a, b| b.1.cmp(&a.1));
+        terms.sort_by_key(|t| std::cmp::Reverse(t.1));
         Self { bytes: terms.iter().map(|t| t.1).sum(), terms }
     }
 
@@ -368,7 +368,7 @@ fn rsu_maps(kind: RsuKind, mid: usize, cout: usize, plane: u64) -> u64 {
 /// path or `forced`), in [`Stage::ALL`] order.
 pub fn all_stages(parts: usize, forced: Option<Path>) -> Vec<(Stage, Activations)> {
     let vae: crate::models::sdxl::vae::VaeConfig =
-        serde_json::from_str(crate::bench::sdxl::VAE_CONFIG).expect("released VAE config");
+        serde_json::from_str(crate::diagnostics::bench::sdxl::VAE_CONFIG).expect("released VAE config");
     Stage::ALL
         .iter()
         .map(|&stage| {

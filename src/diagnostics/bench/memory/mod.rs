@@ -90,7 +90,7 @@ fn row(
         iters,
         median_ms: ms,
         min_ms: ms,
-        dtype: crate::bench::dtype_name(dtype),
+        dtype: crate::device::dtype_name(dtype).to_string(),
         peak_mem_mib: Some(mib(predicted)),
         predicted_mib: Some(mib(predicted)),
         measured_mib: measured.map(|(m, _)| mib(m)),

@@ -2,14 +2,15 @@
 //! `attention`), and correctness of every path against a float64 host reference (suite
 //! `attention_check`, which fails the command when a case is out of tolerance).
 //!
-//! Both run on CUDA in a CUDA build (the device must open) and on the CPU otherwise, where
-//! the check runs reduced shapes through the blocked path so the harness itself is exercised.
+//! Both run on the bench's device (CUDA in a CUDA build unless `--cpu`); on the CPU the check
+//! runs reduced shapes through the blocked path so the harness itself is exercised.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::{measure, BenchOptions, BenchRow};
 use crate::attention::{attention_with, plan, Options, Path};
+use crate::diagnostics::compare::rel_l2_values;
 
 /// One attention shape; `sdpa_ms`: torch 2.11 SDPA on an H100 (peer-baseline.md).
 struct Shape {
@@ -66,14 +67,6 @@ const CHECK_CPU: &[Shape] = &[
     shape("CLIP 77x77 d64", 1, 2, 77, 77, 64, None),
 ];
 
-fn device() -> Result<Device> {
-    if cfg!(feature = "cuda") {
-        Device::new_cuda(0).context("this is a CUDA build but no CUDA device could be opened")
-    } else {
-        Ok(Device::Cpu)
-    }
-}
-
 fn random(dev: &Device, seed: u64, dims: (usize, usize, usize, usize), dtype: DType) -> Result<Tensor> {
     let mut rng = crate::rng::Rng::new(seed);
     let n = dims.0 * dims.1 * dims.2 * dims.3;
@@ -87,7 +80,7 @@ fn flops(s: &Shape) -> f64 {
 /// `lumen bench attention`: median time and TFLOP/s per path and dtype beside SDPA
 /// (`--quick`: fused path only).
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
-    let dev = device()?;
+    let dev = opts.device.clone();
     let card = crate::device::describe(&dev).name;
     let mut rows = Vec::new();
     if !dev.is_cuda() {
@@ -199,7 +192,7 @@ fn sample_rows(s: &Shape, seed: u64) -> Vec<(usize, usize)> {
 /// reference, outputs poisoned with NaN first; an error (non-zero exit) if any case fails.
 /// `--quick` leaves out the 16 400 × 16 400 shape.
 pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
-    let dev = device()?;
+    let dev = opts.device.clone();
     let card = crate::device::describe(&dev).name;
     let cuda = dev.is_cuda();
     // `--quick` skips the 16 400² case (the slowest for the host reference).
@@ -235,15 +228,10 @@ pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
                     let ms = start.elapsed().as_secs_f64() * 1e3;
                     let got: Vec<f32> = out.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                     let non_finite = got.iter().filter(|x| !x.is_finite()).count();
-                    let (mut num, mut den) = (0.0, 0.0);
-                    for (&(g, i), w) in sample.iter().zip(&want) {
+                    let rel = rel_l2_values(sample.iter().zip(&want).flat_map(|(&(g, i), w)| {
                         let row = &got[(g * s.lq + i) * s.d..][..s.d];
-                        for (&a, &b) in row.iter().zip(w) {
-                            num += (a as f64 - b).powi(2);
-                            den += b * b;
-                        }
-                    }
-                    let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+                        row.iter().zip(w).map(|(&a, &b)| (a as f64, b))
+                    }));
                     let expected_path = plan::choose(
                         cuda.then_some((8, 0)),
                         dtype,
@@ -277,7 +265,7 @@ pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
     }
     if !failures.is_empty() {
         for r in &rows {
-            crate::commands::log(&format!("{:<60} {}", r.name, r.note));
+            tracing::error!("{:<60} {}", r.name, r.note);
         }
         bail!("attention check: {} of {} cases failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
     }

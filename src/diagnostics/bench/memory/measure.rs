@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::predict::Stage;
-use crate::bench::partcrafter::COND_TOKENS;
-use crate::bench::BenchOptions;
+use crate::diagnostics::bench::partcrafter::COND_TOKENS;
+use crate::diagnostics::bench::BenchOptions;
 use crate::models::partcrafter::dit::{DitConfig, PartCrafterDit, PartIds};
 use crate::models::partcrafter::vae::{CrossAttention, SdfDecoder, VaeConfig as SdfConfig, DECODE_CHUNK_CUDA};
 use crate::synth::synth_var_builder;
@@ -121,10 +121,12 @@ pub fn stages(opts: &BenchOptions, skip: &[Stage]) -> Result<Vec<(Stage, Measure
         tracing::info!(stage = s.name(), "measuring device memory");
         let m = match s {
             Stage::TextEncoders => {
-                let (p1, p2) = crate::bench::sdxl::prompt_ids();
+                let (p1, p2) = crate::diagnostics::bench::sdxl::prompt_ids();
                 let (ids1, ids2) = (clip::ids_tensor(&[p1], dev)?, clip::ids_tensor(&[p2], dev)?);
-                let c1: clip::ClipTextConfig = serde_json::from_str(crate::bench::sdxl::TEXT_ENCODER_CONFIG)?;
-                let c2: clip::ClipTextConfig = serde_json::from_str(crate::bench::sdxl::TEXT_ENCODER_2_CONFIG)?;
+                let c1: clip::ClipTextConfig =
+                    serde_json::from_str(crate::diagnostics::bench::sdxl::TEXT_ENCODER_CONFIG)?;
+                let c2: clip::ClipTextConfig =
+                    serde_json::from_str(crate::diagnostics::bench::sdxl::TEXT_ENCODER_2_CONFIG)?;
                 let build = || -> Result<_> {
                     let te1 = clip::ClipTextModel::new(synth_var_builder(half, dev), &c1, false)?;
                     Ok((te1, clip::ClipTextModel::new(synth_var_builder(half, dev), &c2, true)?))
@@ -132,7 +134,7 @@ pub fn stages(opts: &BenchOptions, skip: &[Stage]) -> Result<Vec<(Stage, Measure
                 stage(dev, build, |(a, b)| Ok(a.forward(&ids1).and(b.forward(&ids2)).map(|_| ())?))?
             }
             Stage::Unet => {
-                let cfg: unet::UNetConfig = serde_json::from_str(crate::bench::sdxl::UNET_CONFIG)?;
+                let cfg: unet::UNetConfig = serde_json::from_str(crate::diagnostics::bench::sdxl::UNET_CONFIG)?;
                 let (context, embeds) = (randn(dev, &[1, 77, 2048], half)?, randn(dev, &[1, 1280], half)?);
                 let time_ids = Tensor::new(&[[512f32, 512., 0., 0., 512., 512.]], dev)?.to_dtype(half)?;
                 let x = randn(dev, &[1, 4, 64, 64], half)?;
@@ -146,14 +148,18 @@ pub fn stages(opts: &BenchOptions, skip: &[Stage]) -> Result<Vec<(Stage, Measure
                 )?
             }
             Stage::VaeDecode => {
-                let cfg: vae::VaeConfig = serde_json::from_str(crate::bench::sdxl::VAE_CONFIG)?;
+                let cfg: vae::VaeConfig = serde_json::from_str(crate::diagnostics::bench::sdxl::VAE_CONFIG)?;
                 let z = randn(dev, &[1, 4, 64, 64], DType::F32)?;
                 let build = || Ok(vae::VaeDecoder::new(synth_var_builder(DType::F32, dev), &cfg)?);
                 stage(dev, build, |v| Ok(v.decode_latents(&z).map(|_| ())?))?
             }
             Stage::Rmbg => {
                 let x = randn(dev, &[1, 3, 1024, 1024], DType::F32)?;
-                stage(dev, || crate::bench::rmbg::synthetic_net(dev), |n| Ok(n.forward_mask(&x).map(|_| ())?))?
+                stage(
+                    dev,
+                    || crate::diagnostics::bench::rmbg::synthetic_net(dev),
+                    |n| Ok(n.forward_mask(&x).map(|_| ())?),
+                )?
             }
             Stage::Dinov2 => {
                 use crate::models::partcrafter::encoder::Dinov2Model;
