@@ -76,13 +76,7 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
     for c in &opts.concepts {
         let request = request_for(c, catalog.as_ref(), opts.parts, opts.seed, opts.points);
         // A model run takes seconds on a GPU and minutes on a CPU: show that it is alive.
-        let spinner = if super::stderr_is_tty() && !opts.json {
-            let s = indicatif::ProgressBar::new_spinner().with_message(format!("generating {}", c.text));
-            s.enable_steady_tick(std::time::Duration::from_millis(120));
-            s
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let spinner = crate::progress::spinner(format!("generating {}", c.text), super::stderr_is_tty() && !opts.json);
         let mut result = stored_result(c, &store, opts.force)
             .unwrap_or_else(|| generate_one(&request, &gens, &store, opts.force, &opts.quality));
         if opts.preview {

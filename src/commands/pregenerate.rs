@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressStyle;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -140,10 +140,7 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
         }
         c
     });
-    let bar = ProgressBar::with_draw_target(
-        Some(mine.len() as u64),
-        if stderr_is_tty() && !opts.json { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
-    );
+    let bar = crate::progress::bar(mine.len() as u64, stderr_is_tty() && !opts.json);
     bar.set_style(ProgressStyle::with_template(PROGRESS_TEMPLATE).expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
     let per_item_lines = bar.is_hidden();

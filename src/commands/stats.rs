@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{emit, emit_json, log};
+use super::{emit, emit_json};
 use crate::asset::Asset;
 use crate::cli::StatsArgs;
 use crate::error::exit;
@@ -147,7 +147,7 @@ pub fn run(opts: StatsOptions) -> Result<u8> {
         print_human(&report);
     }
     if !report.invalid.is_empty() {
-        log(&format!("{} invalid blob(s) in {}", report.invalid.len(), report.store));
+        tracing::warn!("{} invalid blob(s) in {}", report.invalid.len(), report.store);
         return Ok(exit::USAGE);
     }
     Ok(exit::OK)

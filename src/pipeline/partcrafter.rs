@@ -98,15 +98,15 @@ impl PartCrafterGenerator {
     /// every asset's `pipeline.settings`).
     pub fn with_device(mut self, device: &Device, stage_dtypes: &[(&str, DType)]) -> Self {
         let info = crate::device::describe(device);
-        crate::commands::log(&info.summary());
+        tracing::info!("{}", info.summary());
         let dtypes: serde_json::Map<String, serde_json::Value> = stage_dtypes
             .iter()
             .map(|(stage, dt)| (stage.to_string(), serde_json::Value::from(crate::device::dtype_name(*dt))))
             .collect();
-        crate::commands::log(&format!(
+        tracing::info!(
             "stage precision: {}",
             stage_dtypes.iter().map(|(s, d)| format!("{s} {}", d.as_str())).collect::<Vec<_>>().join(", ")
-        ));
+        );
         self.device_settings.insert("device".into(), info.kind.clone().into());
         self.device_settings.insert("device_name".into(), info.name.clone().into());
         self.device_settings.insert("dtypes".into(), dtypes.into());

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use mask::{mask_stats, MaskStats};
 pub use retry::{AttemptRecord, MinQuality, RetryPolicy};
-pub use signals::{MaskSignal, ShapeFacts, Signals};
+pub use signals::{MaskSignal, PartMeasure, ShapeFacts, Signals};
 pub use thresholds::Thresholds;
 
 /// The grade of a shape, worst first (so `Bad < Weak < Ok`).
@@ -129,119 +129,6 @@ impl From<&Quality> for QualitySummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::asset::PipelineInfo;
-    use crate::concept::Concept;
-    use crate::geometry::mesh::TriMesh;
-    use crate::geometry::primitives::{cuboid, sphere};
-    use crate::shape::{build_asset, GeneratedPart, GeneratedShape, ShapeRequest};
-    use crate::stage::Timings;
-
-    fn graded(meshes: Vec<TriMesh>, mask: Option<image::GrayImage>, asked: usize) -> Quality {
-        let request = ShapeRequest {
-            concept: Concept::parse("thing").unwrap(),
-            parts: Some(asked),
-            seed: 3,
-            points: 2048,
-            part_names: vec![],
-        };
-        let shape = GeneratedShape {
-            parts: meshes.into_iter().map(|mesh| GeneratedPart { name: None, mesh }).collect(),
-            dropped: vec![],
-            pipeline: PipelineInfo { name: "partcrafter".into(), models: vec![], settings: Default::default() },
-            images: vec![],
-            mask,
-            parts_requested: Some(asked),
-        };
-        build_asset(&request, shape, Timings::default()).unwrap().quality.unwrap()
-    }
-
-    /// A 512² mask with a centred square of `side` pixels.
-    fn square_mask(side: u32) -> image::GrayImage {
-        let lo = 256 - side / 2;
-        image::GrayImage::from_fn(512, 512, |x, y| {
-            image::Luma([if (lo..lo + side).contains(&x) && (lo..lo + side).contains(&y) { 255 } else { 0 }])
-        })
-    }
-
-    /// A four-legged table: parts side by side, touching, of sensible sizes.
-    fn table() -> Vec<TriMesh> {
-        let mut parts = vec![cuboid([0.0, 1.0, 0.0], [1.0, 0.05, 0.6])];
-        for (x, z) in [(-0.9, -0.5), (0.9, -0.5), (-0.9, 0.5), (0.9, 0.5)] {
-            parts.push(cuboid([x, 0.5, z], [0.05, 0.45, 0.05]));
-        }
-        parts
-    }
-
-    #[test]
-    fn a_sound_shape_with_a_sound_mask_is_ok() {
-        let q = graded(table(), Some(square_mask(240)), 5);
-        assert_eq!(q.verdict, Verdict::Ok, "{:?}", q);
-        assert!(matches!(q.signals.mask, MaskSignal::Measured { components: 1, .. }), "{:?}", q.signals.mask);
-        assert!(q.signals.overlap < 0.2, "{}", q.signals.overlap);
-    }
-
-    #[test]
-    fn one_part_holding_nearly_everything_is_a_bad_collapse() {
-        let mut parts = vec![sphere([0.0; 3], 1.0)];
-        for i in 0..3 {
-            parts.push(sphere([1.5 + i as f32 * 0.1, 0.0, 0.0], 0.03));
-        }
-        let q = graded(parts, None, 4);
-        assert_eq!(q.verdict, Verdict::Bad, "{:?}", q);
-        assert!(q.reasons[0].contains("collapse"), "{:?}", q.reasons);
-        assert!(q.signals.largest_area_share > 0.99);
-        // The point budget keeps the point share far lower, which is why the verdict reads area.
-        assert!(q.signals.largest_point_share < 0.95, "{}", q.signals.largest_point_share);
-        assert!(matches!(q.signals.mask, MaskSignal::NotApplicable));
-    }
-
-    #[test]
-    fn parts_that_repeat_each_other_are_bad_and_a_flat_sheet_is_bad() {
-        let cube = cuboid([0.0; 3], [0.5, 0.5, 0.5]);
-        let q = graded(vec![cube.clone(), cube.clone(), cube], None, 3);
-        assert!(q.signals.overlap > 0.99, "{}", q.signals.overlap);
-        assert_eq!(q.verdict, Verdict::Bad, "{:?}", q);
-        let sheet = graded(vec![cuboid([0.0; 3], [1.0, 0.002, 1.0])], None, 1);
-        assert!(sheet.signals.bbox_aspect > 100.0, "{}", sheet.signals.bbox_aspect);
-        assert_eq!(sheet.verdict, Verdict::Bad, "{:?}", sheet);
-    }
-
-    #[test]
-    fn masks_of_nothing_of_everything_or_in_pieces_are_graded() {
-        let empty = graded(table(), Some(image::GrayImage::new(512, 512)), 5);
-        assert_eq!(empty.verdict, Verdict::Bad);
-        assert!(empty.reasons[0].contains("mask covers 0.0 %"), "{:?}", empty.reasons);
-        let full = graded(table(), Some(image::GrayImage::from_pixel(512, 512, image::Luma([255]))), 5);
-        assert_eq!((full.verdict, full.reasons.len()), (Verdict::Bad, 1), "{:?}", full.reasons);
-        let small = graded(table(), Some(square_mask(60)), 5);
-        assert_eq!(small.verdict, Verdict::Weak, "{:?}", small.reasons);
-        let mut pieces = square_mask(200);
-        for i in 0..4 {
-            for y in 0..20 {
-                for x in 0..20 {
-                    pieces.put_pixel(10 + i * 40 + x, 10 + y, image::Luma([255]));
-                }
-            }
-        }
-        let q = graded(table(), Some(pieces), 5);
-        assert_eq!(q.verdict, Verdict::Weak, "{:?}", q.reasons);
-        assert!(q.reasons[0].contains("5 separate pieces"), "{:?}", q.reasons);
-    }
-
-    #[test]
-    fn thresholds_override_from_a_file_and_reject_typos_and_disorder() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.json");
-        std::fs::write(&path, r#"{"bbox_aspect_weak_above": 1.5, "bbox_aspect_bad_above": 200}"#).unwrap();
-        let t = Thresholds::load(&path).unwrap();
-        assert_eq!((t.bbox_aspect_weak_above, t.overlap_bad_above), (1.5, Thresholds::default().overlap_bad_above));
-        let q = Quality::grade(graded(table(), None, 5).signals, &t);
-        assert_eq!(q.verdict, Verdict::Weak, "the table's aspect is about 2: {:?}", q.reasons);
-        std::fs::write(&path, r#"{"bbox_aspect_weak": 3}"#).unwrap();
-        assert!(Thresholds::load(&path).unwrap_err().0.contains("unknown field"));
-        std::fs::write(&path, r#"{"overlap_weak_above": 0.95, "overlap_bad_above": 0.9}"#).unwrap();
-        assert!(Thresholds::load(&path).unwrap_err().0.contains("must not exceed"));
-    }
 
     #[test]
     fn verdicts_order_worst_first_and_label_with_reasons() {

@@ -24,7 +24,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::mask::MaskStats;
-use crate::asset::{Asset, PointData};
 
 /// How far (normalised units; the cloud spans [-1, 1]) another part's box is grown on each
 /// side for the overlap test: float rounding of the normalisation, nothing more.
@@ -71,12 +70,28 @@ pub struct ShapeFacts {
     pub parts_requested: Option<usize>,
 }
 
-/// The signals of an assembled asset.
-pub fn measure(asset: &Asset, points: &PointData, facts: ShapeFacts) -> Signals {
-    let produced = asset.parts.len();
-    let dropped = asset.dropped_parts.len();
-    let n = points.positions.len().max(1) as f64;
-    let shares = asset.parts.iter().map(|p| p.area_share);
+/// One sampled part as the signals read it: what the asset's part summary records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartMeasure {
+    /// Share of the total surface area, in [0, 1].
+    pub area_share: f64,
+    pub points: usize,
+    pub bbox_min: [f32; 3],
+    pub bbox_max: [f32; 3],
+}
+
+/// The signals of an assembled shape: its sampled `parts` (part id `i + 1` is `parts[i]`),
+/// how many were `dropped`, and the cloud with each point's part id.
+pub fn measure(
+    parts: &[PartMeasure],
+    dropped: usize,
+    positions: &[[f32; 3]],
+    part_ids: &[u8],
+    facts: ShapeFacts,
+) -> Signals {
+    let produced = parts.len();
+    let n = positions.len().max(1) as f64;
+    let shares = parts.iter().map(|p| p.area_share);
     Signals {
         mask: facts.mask.into(),
         parts_requested: facts.parts_requested.unwrap_or(produced + dropped),
@@ -84,9 +99,9 @@ pub fn measure(asset: &Asset, points: &PointData, facts: ShapeFacts) -> Signals 
         parts_dropped: dropped,
         smallest_area_share: round(shares.clone().fold(f64::INFINITY, f64::min).min(1.0)),
         largest_area_share: round(shares.fold(0.0, f64::max)),
-        largest_point_share: round(asset.parts.iter().map(|p| p.points).max().unwrap_or(0) as f64 / n),
-        overlap: round(overlap(&points.positions, &points.part_ids, asset)),
-        bbox_aspect: round(bbox_aspect(&points.positions)),
+        largest_point_share: round(parts.iter().map(|p| p.points).max().unwrap_or(0) as f64 / n),
+        overlap: round(overlap(positions, part_ids, parts)),
+        bbox_aspect: round(bbox_aspect(positions)),
     }
 }
 
@@ -111,9 +126,8 @@ fn round(x: f64) -> f64 {
 }
 
 /// Share of all points that lie inside or on the bounding box of a part other than their own.
-pub fn overlap(positions: &[[f32; 3]], part_ids: &[u8], asset: &Asset) -> f64 {
-    let boxes: Vec<([f32; 3], [f32; 3])> = asset
-        .parts
+pub fn overlap(positions: &[[f32; 3]], part_ids: &[u8], parts: &[PartMeasure]) -> f64 {
+    let boxes: Vec<([f32; 3], [f32; 3])> = parts
         .iter()
         .map(|p| (p.bbox_min.map(|v| v - OVERLAP_TOLERANCE), p.bbox_max.map(|v| v + OVERLAP_TOLERANCE)))
         .collect();
