@@ -185,7 +185,8 @@ pub fn build_graded_asset(
         .iter()
         .map(|p| PartMeasure { area_share: p.area_share, points: p.points, bbox_min: p.bbox_min, bbox_max: p.bbox_max })
         .collect();
-    let signals = quality::signals::measure(&parts, asset.dropped_parts.len(), &points.positions, &points.part_ids, facts);
+    let signals =
+        quality::signals::measure(&parts, asset.dropped_parts.len(), &points.positions, &points.part_ids, facts);
     asset.quality = Some(Quality::grade(signals, thresholds));
     Ok(asset)
 }
