@@ -87,6 +87,12 @@ pub fn license_lines(repos: &[Repo]) -> Vec<String> {
     repos.iter().map(|r| format!("{}: {} ({})", r.id, r.license.id, r.license.terms)).collect()
 }
 
+/// The repos of `needs` with a file in `missing` (what [`WeightsSource::missing`] lists):
+/// the ones a download is about to fetch.
+pub fn repos_missing(needs: &[RepoFiles], missing: &[(String, String, String)]) -> Vec<Repo> {
+    needs.iter().map(|f| f.repo).filter(|r| missing.iter().any(|(id, _, _)| id == r.id)).collect()
+}
+
 /// Warns, where a user downloads a model, that its card restricts commercial use.
 pub fn warn_restricted(repos: &[Repo]) {
     for r in repos.iter().filter(|r| !r.license.commercial_use) {
@@ -350,9 +356,7 @@ impl WeightsSource {
             let why = if self.offline { "HF_HUB_OFFLINE is set" } else { "this command does not download" };
             return Err(UsageError(self.missing_message(&missing, device, fp16_vae, why)).into());
         }
-        let downloading: Vec<Repo> =
-            needs.iter().map(|f| f.repo).filter(|r| missing.iter().any(|(id, _, _)| id == r.id)).collect();
-        warn_restricted(&downloading);
+        warn_restricted(&repos_missing(&needs, &missing));
         let config = hub::client::HubConfig::from_env()?;
         let opts = hub::FetchOptions { progress: download.progress, ..Default::default() };
         hub::fetch(&self.cache_dir, config, &self.wants(&needs), opts)?;

@@ -10,7 +10,7 @@ use crate::cli::{DeviceArg, FetchArgs};
 use crate::error::{exit, UsageError};
 use crate::generation::PipelineKind;
 use crate::hub::{self, client::human_bytes, Fetched};
-use crate::weights::{license_lines, pipeline_files, DeviceKind, Repo, WeightsSource};
+use crate::weights::{license_lines, pipeline_files, repos_missing, DeviceKind, Repo, WeightsSource};
 
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -60,8 +60,10 @@ pub fn run(opts: FetchOptions) -> Result<u8> {
     let source = WeightsSource::from_env(None).with_revisions(&opts.revisions);
     let needs = pipeline_files(device, opts.fp16_vae);
     let repos: Vec<Repo> = needs.iter().map(|f| f.repo).collect();
-    if !opts.dry_run {
-        crate::weights::warn_restricted(&repos);
+    // Said where files are about to be downloaded (offline, the missing-files message says it;
+    // the report lists every repo's licence either way).
+    if !opts.dry_run && !source.offline {
+        crate::weights::warn_restricted(&repos_missing(&needs, &source.missing(&needs)));
     }
     let wants = source.wants(&needs);
     let files = if source.offline {
