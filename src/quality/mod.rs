@@ -130,6 +130,31 @@ impl From<&Quality> for QualitySummary {
 mod tests {
     use super::*;
 
+    /// Shares just over a limit read as over it: one decimal, not `96 % (weak above 96 %)`.
+    #[test]
+    fn reasons_show_a_share_just_over_its_limit_as_over_it() {
+        let s = Signals {
+            mask: MaskSignal::NotApplicable,
+            parts_requested: 3,
+            parts_produced: 3,
+            parts_dropped: 0,
+            smallest_area_share: 0.01,
+            largest_area_share: 0.9649,
+            largest_point_share: 0.9,
+            overlap: 0.8049,
+            bbox_aspect: 2.0,
+        };
+        let q = Quality::grade(s, &Thresholds::default());
+        assert_eq!(q.verdict, Verdict::Weak);
+        assert_eq!(
+            q.reasons,
+            [
+                "one part holds 96.5 % of the surface (weak above 96.0 %)",
+                "80.5 % of points lie inside another part's box (weak above 80.0 %)"
+            ]
+        );
+    }
+
     #[test]
     fn verdicts_order_worst_first_and_label_with_reasons() {
         assert!(Verdict::Bad < Verdict::Weak && Verdict::Weak < Verdict::Ok);

@@ -182,7 +182,7 @@ impl Thresholds {
                 out.push((
                     Verdict::Bad,
                     format!(
-                        "one part holds {:.0} % of the surface (collapse; bad above {:.0} %)",
+                        "one part holds {:.1} % of the surface (collapse; bad above {:.1} %)",
                         share * 100.0,
                         self.largest_area_share_bad_above * 100.0
                     ),
@@ -191,7 +191,7 @@ impl Thresholds {
                 out.push((
                     Verdict::Weak,
                     format!(
-                        "one part holds {:.0} % of the surface (weak above {:.0} %)",
+                        "one part holds {:.1} % of the surface (weak above {:.1} %)",
                         share * 100.0,
                         self.largest_area_share_weak_above * 100.0
                     ),
@@ -215,7 +215,7 @@ impl Thresholds {
             out.push((
                 Verdict::Bad,
                 format!(
-                    "{:.0} % of points lie inside another part's box (parts repeat each other; bad above {:.0} %)",
+                    "{:.1} % of points lie inside another part's box (parts repeat each other; bad above {:.1} %)",
                     s.overlap * 100.0,
                     self.overlap_bad_above * 100.0
                 ),
@@ -224,7 +224,7 @@ impl Thresholds {
             out.push((
                 Verdict::Weak,
                 format!(
-                    "{:.0} % of points lie inside another part's box (weak above {:.0} %)",
+                    "{:.1} % of points lie inside another part's box (weak above {:.1} %)",
                     s.overlap * 100.0,
                     self.overlap_weak_above * 100.0
                 ),
