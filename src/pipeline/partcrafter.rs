@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
+use image::RgbImage;
 
+use super::memory::{describe_memory, retry_tokens, MemoryRetry, OutOfDeviceMemory};
 use crate::asset::{ModelInfo, PipelineInfo};
 use crate::models::partcrafter::extract::{ExtractOptions, SurfaceExtractor};
 use crate::models::partcrafter::vae::SdfDecoder;
@@ -17,7 +19,7 @@ use crate::models::rmbg::RmbgStage;
 use crate::models::sdxl::prompt::canonical_prompt;
 use crate::models::sdxl::{SdxlOptions, SdxlTurbo};
 use crate::shape::{mesh_parts, png_bytes, DeviceOutput, GeneratedShape, ShapeGenerator, ShapeRequest};
-use crate::stage::{BackgroundRemoval, ImageToParts, PartsRequest, TextToImage, Timings};
+use crate::stage::{BackgroundRemoval, ImageToParts, PartOutcome, PartsRequest, TextToImage, Timings};
 use crate::weights::{self, WeightsSource};
 
 /// Settings of the model pipeline (command-line flags).
@@ -188,8 +190,7 @@ impl PartCrafterGenerator {
         let prompt = canonical_prompt(&request.concept.normalized);
         let reference = self.text_to_image.generate(&prompt, request.seed, timings).context("text → image")?;
         let prepared = self.background.prepare(&reference, timings).context("background removal")?;
-        let request = PartsRequest { num_parts, seed: request.seed, tokens: None };
-        let parts = self.image_to_parts.parts(&prepared.image, request, timings).context("image → parts")?;
+        let (parts, tokens, retries) = self.parts_within_memory(&prepared.image, num_parts, request.seed, timings)?;
         let mut images = Vec::new();
         if self.options.keep_images {
             images.push(("reference.png".to_string(), image::DynamicImage::ImageRgb8(reference)));
@@ -200,15 +201,67 @@ impl PartCrafterGenerator {
         settings.insert("prompt".into(), serde_json::Value::from(prompt));
         settings.insert("steps".into(), self.options.steps.into());
         settings.insert("guidance".into(), self.options.guidance.into());
-        settings.insert("tokens".into(), self.options.tokens.into());
+        settings.insert("tokens".into(), tokens.into());
         settings.insert("sd_steps".into(), self.options.sd_steps.into());
         settings.insert("parts_requested".into(), num_parts.into());
+        if !retries.is_empty() {
+            settings.insert("memory_retry".into(), serde_json::to_value(&retries)?);
+        }
         settings.extend(self.device_settings.clone());
         Ok(DeviceOutput {
             parts,
             pipeline: PipelineInfo { name: "partcrafter".into(), models: self.models.clone(), settings },
             images,
         })
+    }
+
+    /// The image→parts stage at the configured tokens per part, and again with fewer after
+    /// running out of device memory where that helps (see `pipeline::memory`). Returns the
+    /// parts, the tokens per part they were made with, and the retries.
+    fn parts_within_memory(
+        &self,
+        image: &RgbImage,
+        num_parts: usize,
+        seed: u64,
+        timings: &mut Timings,
+    ) -> Result<(Vec<PartOutcome>, usize, Vec<MemoryRetry>)> {
+        let mut tokens = self.options.tokens;
+        let mut retries = Vec::new();
+        loop {
+            let request = PartsRequest { num_parts, seed, tokens: Some(tokens) };
+            let error = match self.image_to_parts.parts(image, request, timings).context("image → parts") {
+                Ok(parts) => return Ok((parts, tokens, retries)),
+                Err(e) => e,
+            };
+            let stage = timings.last_stage().unwrap_or("image → parts").to_string();
+            let retry = crate::device::is_out_of_memory(&error).then(|| retry_tokens(&stage, tokens)).flatten();
+            let Some(fewer) = retry else {
+                return Err(self.explain_out_of_memory(error, &stage, num_parts, tokens));
+            };
+            let memory = crate::device::memory_info(&self.device);
+            tracing::warn!(
+                stage = %stage,
+                tokens_from = tokens,
+                tokens_to = fewer,
+                "out of device memory in {stage} ({num_parts} parts, {tokens} tokens per part; {}); \
+                 retrying with {fewer} tokens per part: {error:#}",
+                describe_memory(memory)
+            );
+            retries.push(MemoryRetry::new(&stage, tokens, fewer, memory));
+            // The failed attempt's buffers are dropped; let the device finish freeing them.
+            let _ = self.device.synchronize();
+            tokens = fewer;
+        }
+    }
+
+    /// An out-of-memory error gets its stage, size and the device's memory in front (once);
+    /// any other error is returned as it is.
+    fn explain_out_of_memory(&self, error: anyhow::Error, stage: &str, parts: usize, tokens: usize) -> anyhow::Error {
+        if !crate::device::is_out_of_memory(&error) || error.downcast_ref::<OutOfDeviceMemory>().is_some() {
+            return error;
+        }
+        let memory = crate::device::memory_info(&self.device);
+        error.context(OutOfDeviceMemory { stage: stage.to_string(), parts, tokens, memory })
     }
 }
 
@@ -225,7 +278,13 @@ impl ShapeGenerator for PartCrafterGenerator {
         let _one_at_a_time = self.device_phase.lock().unwrap_or_else(|p| p.into_inner());
         timings.sync_with(&self.device);
         let num_parts = request.parts.unwrap_or(crate::concept::DEFAULT_PARTS);
-        Ok(Some(self.model_stages(request, num_parts, timings)?))
+        match self.model_stages(request, num_parts, timings) {
+            Ok(output) => Ok(Some(output)),
+            Err(e) => {
+                let stage = timings.last_stage().unwrap_or("the model stages").to_string();
+                Err(self.explain_out_of_memory(e, &stage, num_parts, self.options.tokens))
+            }
+        }
     }
 
     fn finish_on_cpu(
