@@ -12,12 +12,13 @@ CUDA_BIN = $(CUDA_TARGET)/release/lumen
 CUDA_COMPUTE_CAP ?= 80
 CUDA_FEATURES ?= cuda,cudnn
 
-.PHONY: help build run test bench preflight cuda cuda-run cuda-dist fmt clean-out
+.PHONY: help build run test lint bench preflight cuda cuda-run cuda-dist fmt clean-out
 
 help:
 	@echo "make build      release build (CPU)"
 	@echo "make run        pregenerate $(CATALOG) into $(STORE) (PIPELINE=$(PIPELINE))"
 	@echo "make test       the whole test suite (what CI runs)"
+	@echo "make lint       cargo fmt --check and clippy -D warnings (CI runs these first)"
 	@echo "make bench      every benchmark suite (slow on CPU: minutes)"
 	@echo "make preflight  store, device, catalogue and end-to-end checks"
 	@echo "make cuda       CUDA release build into $(CUDA_BIN) (installs a pinned toolkit if needed)"
@@ -33,6 +34,10 @@ run: build
 # One build profile for tests (dev, with optimised dependencies): no second full build.
 test:
 	$(CARGO) test --locked --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
 
 bench:
 	$(CARGO) run --release -- bench

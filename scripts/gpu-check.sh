@@ -1,27 +1,46 @@
 #!/usr/bin/env bash
 # The GPU check: run from the repository root on a GPU machine that has no Rust toolchain and
 # no network. It takes the CUDA binary built elsewhere (`make cuda-dist` → dist/lumen-cuda.xz),
-# finds the CUDA libraries the binary links against, and in under 8 minutes prints
-#   1. the GPU (nvidia-smi),
-#   2. the golden numerics of every model computed on the GPU through the binary
-#      (`lumen preflight --goldens tests/goldens`, f32 and the pipeline's f16),
-#   3. `lumen bench` at released sizes beside the peer baseline (stage, lumen ms, reference
-#      ms, ratio), plus the attention / conv checks and suites where the binary has them.
-# Logs and JSON go to $OUT if set, else ./gpu-check-out. Works unchanged on L4, H100, H200.
+# finds the CUDA libraries the binary links against, and in at most 6 minutes runs, in order:
+#   smoke              `lumen preflight --pipeline procedural`: libraries load, the GPU computes,
+#                      lumen's PTX (attention, groupnorm) and candle's load and launch (≈30 s);
+#                      if it fails nothing else runs
+#   goldens            every model's golden cases on the GPU, f32 then f16, TF32 off
+#   attention_check, conv_check, conv_check_strict   the kernels against f64 / the CPU
+#   bench_concept      one whole concept; memory: predicted vs measured device memory
+#   bench_*            the stages at released sizes beside the peer baseline
+# Numerics steps run with CUDA_LAUNCH_BLOCKING=1 (an asynchronous fault names its kernel);
+# candle's compute_80 PTX is JIT-compiled once into a cache shared by all steps.
 #
-# Environment: LUMEN_BIN (an unpacked binary instead of dist/lumen-cuda.xz),
-# GPU_CHECK_BUDGET (seconds, default 450), BENCH_ITERS (default 3).
+# Everything is written in a scratch folder; $OUT (default ./gpu-check-out) gets at most four
+# files: gpu-check.log (what was printed, plus nvidia-smi), results.json (every step: name,
+# status, rc, seconds, its parsed JSON output or null), table.txt (the summary), and
+# gpu-check-files.tar.xz (every step's stdout and stderr). A failing step's last 40 lines of
+# stderr are printed as it fails; normal output stays terse.
+#
+# Environment: LUMEN_BIN (an unpacked binary instead of dist/lumen-cuda.xz), GPU_CHECK_BUDGET
+# (seconds, default 360), BENCH_ITERS (default 3), GPU_CHECK_STEPS (comma-separated step names
+# to run; the others are recorded as skipped; named steps run even where no GPU is visible).
+# Without a GPU (a CPU build, or no card) the smoke step runs on the CPU and the GPU steps are
+# skipped, so the script itself can be checked anywhere.
 set -u
 
 start_s=$(date +%s)
-budget_s=${GPU_CHECK_BUDGET:-450}
+budget_s=${GPU_CHECK_BUDGET:-360}
 iters=${BENCH_ITERS:-3}
 out=${OUT:-./gpu-check-out}
-mkdir -p "$out"
+mkdir -p "$out" || exit 2
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/lumen-gpu-check.XXXXXX") || exit 2
+steps_dir="$scratch/steps"
+mkdir -p "$steps_dir" "$scratch/cuda-cache"
 log="$out/gpu-check.log"
 : >"$log"
 say() { printf '%s\n' "$*" | tee -a "$log"; }
+note() { printf '%s\n' "$*" >>"$log"; }
 left() { echo $((budget_s - ($(date +%s) - start_s))); }
+
+# One JIT cache for every step: candle's kernels are compiled for this card once.
+export CUDA_CACHE_PATH="$scratch/cuda-cache" CUDA_CACHE_MAXSIZE=4294967296 CUDA_CACHE_DISABLE=0
 
 # --- the binary --------------------------------------------------------------------------
 bin=${LUMEN_BIN:-}
@@ -30,138 +49,211 @@ if [ -z "$bin" ]; then
         say "no dist/lumen-cuda.xz: build it with 'make cuda-dist' and send it with the repository"
         exit 2
     fi
-    bin=$(mktemp -d /tmp/lumen-gpu-check.XXXXXX)/lumen
+    bin="$scratch/lumen"
     xz -dc dist/lumen-cuda.xz >"$bin" && chmod +x "$bin" || { say "could not unpack dist/lumen-cuda.xz"; exit 2; }
 fi
+case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
 
-# --- CUDA libraries (build guide §3.1: the pip CUDA 13 wheels of a Python environment, or a
-# system toolkit). Only folders holding a library the loader cannot already find are added.
+# --- CUDA libraries: the pip CUDA 13 wheels of a Python environment, or a system toolkit.
+# Only folders holding a library the loader cannot already find are added.
 find_lib_dir() {
     local name=$1 dir p
     if ldconfig -p 2>/dev/null | grep -q "$name"; then return 0; fi
     for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
         [ -e "$dir/$name" ] && { echo "$dir"; return 0; }
     done
-    for p in $(python3 -c 'import site,sys; print(" ".join(site.getsitepackages()+[site.getusersitepackages()]))' 2>/dev/null) \
-        /usr /opt /usr/local; do
+    for p in $(python3 -c 'import site; print(" ".join(site.getsitepackages()+[site.getusersitepackages()]))' 2>/dev/null) \
+        /usr/lib /opt /usr/local; do
         [ -d "$p" ] || continue
-        dir=$(find "$p" -name "$name" 2>/dev/null | head -1)
+        dir=$(timeout 20 find "$p" -maxdepth 7 -name "$name" 2>/dev/null | head -1)
         [ -n "$dir" ] && { dirname "$dir"; return 0; }
     done
     return 1
 }
-libpath=""
-for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13 libnvrtc.so.13 libcudnn.so.9; do
-    if d=$(find_lib_dir "$lib"); then
-        [ -n "$d" ] && case ":$libpath:" in *":$d:"*) ;; *) libpath="$libpath${libpath:+:}$d" ;; esac
-    else
-        say "warning: $lib not found under the Python site-packages, /usr, /opt or /usr/local"
-    fi
-done
-export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-if ldd "$bin" 2>/dev/null | grep -q "not found"; then
-    say "the binary cannot find some libraries:"
-    ldd "$bin" | grep "not found" | tee -a "$log"
-    exit 2
+if ldd "$bin" 2>/dev/null | grep -q "libcudart\|libcublas"; then
+    libpath=""
+    for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13 libnvrtc.so.13 libcudnn.so.9; do
+        if d=$(find_lib_dir "$lib"); then
+            [ -n "$d" ] && case ":$libpath:" in *":$d:"*) ;; *) libpath="$libpath${libpath:+:}$d" ;; esac
+        else
+            say "warning: $lib not found (Python site-packages, /usr/lib, /opt, /usr/local)"
+        fi
+    done
+    export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 fi
+# Named here; the smoke step then fails on it and records it.
+ldd "$bin" 2>/dev/null | grep "not found" | sed 's/^[[:space:]]*/missing library: /' | tee -a "$log"
 
-# --- runs a step with a timeout taken from what is left of the budget ----------------------
-# step NAME SECONDS CMD...: stdout to $out/NAME.out, stderr to $out/NAME.err.
-step() {
-    local name=$1 want=$2 rest t rc
-    shift 2
-    rest=$(left)
-    t=$((want < rest ? want : rest))
-    if [ "$t" -lt 10 ]; then
-        say "SKIP $name: the time budget is spent"
-        return 124
-    fi
-    local s=$(date +%s)
-    timeout --kill-after=10 "$t" "$@" >"$out/$name.out" 2>"$out/$name.err"
-    rc=$?
-    say "$(printf '%-28s rc %-3s %4ss (limit %ss)' "$name" "$rc" $(($(date +%s) - s)) "$t")"
-    [ "$rc" -eq 124 ] && say "  $name ran out of time (no JSON); its log is $out/$name.err"
-    return $rc
+gpu=0
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    gpu=1
+    say "$(nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader 2>&1 | head -4)"
+    nvidia-smi >>"$log" 2>&1
+else
+    say "no GPU visible (nvidia-smi): GPU steps are skipped unless GPU_CHECK_STEPS names them"
+fi
+say "$("$bin" --version 2>&1 | head -1)"
+
+# --- steps -------------------------------------------------------------------------------
+# Each step leaves NAME.out, NAME.err and one line in steps.tsv:
+# name <TAB> status <TAB> rc <TAB> seconds <TAB> limit <TAB> note
+smoke_ok=1
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$scratch/steps.tsv"; }
+
+wanted() {
+    [ -z "${GPU_CHECK_STEPS:-}" ] && return 0
+    case ",$GPU_CHECK_STEPS," in *",$1,"*) return 0 ;; esac
+    return 1
 }
 
-say "== GPU"
-nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv 2>&1 | tee -a "$log"
-nvidia-smi 2>&1 | head -20 >>"$log"
-"$bin" --version 2>&1 | tee -a "$log"
-
-say "== goldens on the GPU (f32 and the pipeline's f16)"
-# The goldens were recorded in strict f32: convolutions without TF32 too.
-LUMEN_CUDNN_TF32=0 step goldens 120 "$bin" preflight --pipeline procedural --store "$out/store" --goldens tests/goldens --json
-goldens_rc=$?
-suites=$("$bin" bench --list 2>/dev/null)
-has() { printf '%s\n' "$suites" | grep -qx "$1"; }
-
-say "== kernel checks"
-checks_rc=0
-for s in attention_check conv_check; do
-    if has "$s"; then
-        step "$s" 90 "$bin" bench "$s" --json || checks_rc=1
-    else
-        say "  no '$s' suite in this binary"
+# step NAME SECONDS gpu|any [VAR=VALUE ...] -- CMD ...
+step() {
+    local name=$1 want=$2 needs=$3 rest t rc s status
+    shift 3
+    local envs=()
+    while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+    shift
+    if ! wanted "$name"; then record "$name" skipped "" 0 "$want" "not in GPU_CHECK_STEPS"; return 0; fi
+    if [ "$smoke_ok" -eq 0 ]; then record "$name" skipped "" 0 "$want" "the smoke step failed"; return 0; fi
+    if [ "$needs" = gpu ] && [ "$gpu" -eq 0 ] && [ -z "${GPU_CHECK_STEPS:-}" ]; then
+        record "$name" skipped "" 0 "$want" "no GPU visible"
+        return 0
     fi
-done
-# Strict f32 convolutions (no TF32): the tolerance the CPU goldens use.
-if has conv_check; then
-    LUMEN_CUDNN_TF32=0 step conv_check_strict 60 "$bin" bench conv_check --json || checks_rc=1
+    rest=$(left)
+    t=$((want < rest ? want : rest))
+    if [ "$t" -lt 5 ]; then
+        say "$(printf '%-26s SKIP (time budget spent)' "$name")"
+        record "$name" skipped "" 0 "$want" "time budget spent"
+        return 0
+    fi
+    s=$(date +%s)
+    timeout --kill-after=10 "$t" env ${envs[@]+"${envs[@]}"} "$@" >"$steps_dir/$name.out" 2>"$steps_dir/$name.err"
+    rc=$?
+    s=$(($(date +%s) - s))
+    case $rc in 0) status=ok ;; 124 | 137) status=timeout ;; *) status=fail ;; esac
+    record "$name" "$status" "$rc" "$s" "$t" "${envs[*]:-}"
+    say "$(printf '%-26s %-7s rc %-3s %4ss of %ss' "$name" "$status" "$rc" "$s" "$t")"
+    if [ "$status" != ok ]; then
+        say "--- $name: last 40 lines of stderr"
+        tail -n 40 "$steps_dir/$name.err" | cut -c1-240 | tee -a "$log"
+        say "---"
+    fi
+    return 0
+}
+
+strict="LUMEN_CUDNN_TF32=0" # the goldens were recorded in strict f32: convolutions too
+blocking="CUDA_LAUNCH_BLOCKING=1"
+step smoke 30 any -- "$bin" preflight --pipeline procedural --store "$scratch/store" --json
+if wanted smoke && ! awk -F'\t' '$1 == "smoke" && $2 == "ok"' "$scratch/steps.tsv" | grep -q .; then smoke_ok=0; fi
+step goldens 70 gpu "$strict" "$blocking" -- \
+    "$bin" preflight --pipeline procedural --store "$scratch/store" --goldens tests/goldens --json
+step attention_check 35 gpu "$blocking" -- "$bin" bench attention_check --json
+step conv_check 25 gpu "$blocking" -- "$bin" bench conv_check --json
+step conv_check_strict 15 gpu "$strict" "$blocking" -- "$bin" bench conv_check --json
+step bench_concept 60 gpu -- "$bin" bench concept --iters 1 --json
+step memory 35 any -- "$bin" bench memory --quick --json
+step bench_partcrafter_dit 20 gpu -- "$bin" bench partcrafter_dit --iters "$iters" --json
+step bench_sdxl 20 gpu -- "$bin" bench sdxl --iters "$iters" --json
+step bench_attention 15 gpu -- "$bin" bench attention --iters "$iters" --json
+step bench_conv 15 gpu -- "$bin" bench conv --iters "$iters" --json
+step bench_partcrafter_geometry 10 gpu -- "$bin" bench partcrafter_geometry --iters "$iters" --json
+step bench_rmbg 10 gpu -- "$bin" bench rmbg --iters "$iters" --json
+
+# --- results.json and the table ------------------------------------------------------------
+if command -v python3 >/dev/null; then
+    python3 - "$scratch" "$out" <<'PY' | tee -a "$log"
+import json, os, sys
+scratch, out = sys.argv[1], sys.argv[2]
+steps = []
+for line in open(os.path.join(scratch, "steps.tsv")):
+    name, status, rc, secs, limit, note = line.rstrip("\n").split("\t")
+    parsed = None
+    try:
+        with open(os.path.join(scratch, "steps", name + ".out")) as f:
+            parsed = json.load(f)
+    except Exception:
+        pass
+    steps.append({"name": name, "status": status, "rc": int(rc) if rc else None, "seconds": int(secs),
+                  "limit_s": int(limit), "note": note, "output": parsed})
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"steps": steps}, f)
+
+lines = []
+p = lines.append
+by = {s["name"]: s for s in steps}
+p("== steps")
+for s in steps:
+    rc = "" if s["rc"] is None else s["rc"]
+    extra = f"({s['note']})" if s["status"] == "skipped" else ""
+    p(f"  {s['name']:<26} {s['status']:<8} {rc:>3} {s['seconds']:>4}s {extra}")
+g = (by.get("goldens") or {}).get("output")
+if g:
+    cases = g.get("goldens", [])
+    bad = [c for c in cases if not c["pass"]]
+    worst = sorted(cases, key=lambda c: -c["worst"]["error"] / max(c["worst"]["tol"], 1e-30))[:6]
+    p(f"== goldens: {len(cases) - len(bad)} of {len(cases)} within tolerance (worst error/tol first)")
+    for c in bad + [c for c in worst if c["pass"]]:
+        w = c["worst"]
+        p(f"  {'ok' if c['pass'] else 'FAIL':<4} {c['component']:<11} {c['case'][:22]:<22} {c['dtype']:<4} "
+          f"{w['output'][:22]:<22} {w['error']:.2e} / {w['tol']:.1e}")
+    for c in g.get("checks", []):
+        if c["status"] == "fail":
+            p(f"  FAIL {c['name']}: {c['detail'][:200]}")
+def rows(name):
+    o = (by.get(name) or {}).get("output")
+    return o if isinstance(o, list) else []
+bench = [s for s in ["bench_concept", "bench_partcrafter_dit", "bench_sdxl", "bench_attention", "bench_conv",
+                     "bench_partcrafter_geometry", "bench_rmbg"] if rows(s)]
+if bench:
+    p("== bench: suite, row, dtype, median ms, peer ms, ratio (lumen / peer, H100 fp16), peak MiB")
+    for s in bench:
+        for r in rows(s):
+            ref, ratio, peak = r.get("reference_ms"), r.get("ratio"), r.get("peak_mem_mib")
+            p(f"  {r['suite'][:11]:<11} {r['name'][:44]:<44} {r.get('dtype', ''):<4} {r['median_ms']:>9.1f}"
+              f" {(f'{ref:.1f}' if ref else '-'):>7} {(f'{ratio:.2f}' if ratio else '-'):>5}"
+              f" {(f'{peak:.0f}' if peak else '-'):>6}")
+for s in ["attention_check", "conv_check", "conv_check_strict"]:
+    r = rows(s)
+    if r:
+        bad = [x for x in r if "FAIL" in x.get("note", "")]
+        p(f"== {s}: {len(r) - len(bad)} of {len(r)} cases ok")
+        for x in bad[:10]:
+            p(f"  FAIL {x['name'][:50]}: {x['note'][:120]}")
+m = rows("memory")
+if m:
+    p("== memory: row, predicted MiB, measured MiB")
+    for r in m:
+        if r.get("measured_mib") is not None or "N=16" in r["name"] or "verdict" in r["name"]:
+            meas = r.get("measured_mib")
+            p(f"  {r['name'][:40]:<40} {r['predicted_mib']:>8.0f} {(f'{meas:.0f}' if meas is not None else '-'):>8}")
+    p("  " + m[-1]["note"][:220])
+text = "\n".join(lines) + "\n"
+open(os.path.join(out, "table.txt"), "w").write(text)
+sys.stdout.write(text)
+PY
+else
+    say "no python3 here: results.json has no parsed outputs; the step files are in the archive"
+    {
+        printf '{"steps":['
+        sep=""
+        while IFS=$'\t' read -r name status rc secs limit _; do
+            printf '%s{"name":"%s","status":"%s","rc":%s,"seconds":%s,"limit_s":%s,"output":null}' \
+                "$sep" "$name" "$status" "${rc:-null}" "$secs" "$limit"
+            sep=","
+        done <"$scratch/steps.tsv"
+        printf ']}\n'
+    } >"$out/results.json"
 fi
 
-say "== bench at released sizes ($iters iterations after a warm-up; the concept: 1)"
-# The whole concept first (the number that matters most), then the stages.
-step bench_concept 150 "$bin" bench concept --iters 1 --json
-for s in sdxl rmbg partcrafter_dit partcrafter_geometry attention conv; do
-    has "$s" || continue
-    step "bench_$s" 90 "$bin" bench "$s" --iters "$iters" --json
-done
-
-# --- one table ---------------------------------------------------------------------------
-command -v python3 >/dev/null || { say "no python3 here: the results are the JSON files in $out"; exit 1; }
-python3 - "$out" <<'PY' | tee -a "$log"
-import json, os, sys
-out = sys.argv[1]
-
-def load(name):
-    try:
-        with open(os.path.join(out, name + ".out")) as f:
-            return json.load(f)
-    except Exception:
-        return None
-
-g = load("goldens")
-print("\n== golden numerics (worst output per case; tolerance: manifest in f32, 32 u in f16/bf16)")
-if g is None:
-    print("  no result (see goldens.err)")
-else:
-    for c in g.get("checks", []):
-        if c["name"].startswith("goldens") or c["status"] == "fail":
-            print(f"  {c['status'].upper():<7} {c['name']:<28} {c['detail']}")
-    print(f"  {'':4} {'component':<12} {'case':<24} {'dtype':<5} {'worst output':<26} {'error':>10} {'tol':>9}")
-    for c in g.get("goldens", []):
-        w = c["worst"]
-        print(f"  {'ok' if c['pass'] else 'FAIL':<4} {c['component']:<12} {c['case']:<24} {c['dtype']:<5} "
-              f"{w['output'][:26]:<26} {w['error']:>10.3e} {w['tol']:>9.1e}")
-
-print("\n== bench against the peer baseline (H100, PyTorch fp16); ratio = lumen / reference")
-print(f"  {'suite':<20} {'stage':<58} {'dtype':<5} {'lumen ms':>10} {'ref ms':>9} {'ratio':>7} {'peak MiB':>9}")
-for s in ["concept", "sdxl", "rmbg", "partcrafter_dit", "partcrafter_geometry", "attention", "conv"]:
-    rows = load("bench_" + s)
-    if rows is None:
-        if os.path.exists(os.path.join(out, f"bench_{s}.err")):
-            print(f"  {s:<20} (no result: see bench_{s}.err)")
-        continue
-    for r in rows:
-        ref = r.get("reference_ms")
-        ratio = r.get("ratio")
-        peak = r.get("peak_mem_mib")
-        print(f"  {r['suite']:<20} {r['name'][:58]:<58} {r.get('dtype', ''):<5} {r['median_ms']:>10.1f} "
-              f"{(f'{ref:.1f}' if ref else '-'):>9} {(f'{ratio:.2f}' if ratio else '-'):>7} "
-              f"{(f'{peak:.0f}' if peak else '-'):>9}")
-PY
-
-say "== done in $(($(date +%s) - start_s)) s; logs and JSON in $out"
-[ "$goldens_rc" -eq 0 ] && [ "$checks_rc" -eq 0 ]
+# --- everything else, compressed ----------------------------------------------------------
+cp "$scratch/steps.tsv" "$steps_dir/" 2>/dev/null
+if command -v xz >/dev/null; then
+    tar -C "$scratch" -cJf "$out/gpu-check-files.tar.xz" steps
+else
+    tar -C "$scratch" -czf "$out/gpu-check-files.tar.gz" steps
+fi
+failed=$(awk -F'\t' '$2 == "fail" || $2 == "timeout"' "$scratch/steps.tsv" | wc -l)
+say "== done in $(($(date +%s) - start_s)) s, $failed step(s) failed or timed out; files in $out"
+rm -rf "$scratch"
+[ "$failed" -eq 0 ] && [ "$smoke_ok" -eq 1 ]

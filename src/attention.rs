@@ -13,7 +13,8 @@
 //!   by index arithmetic.
 //! - **Safe** (CUDA, f16/bf16, any other head dim or a v head dim of its own): cuBLAS GEMMs
 //!   in the input dtype plus one fused scale-mask-softmax kernel, over query blocks whose
-//!   scores stay under [`SCORE_BUDGET_BYTES`].
+//!   scores stay under [`SCORE_BUDGET_BYTES`]; q is scaled before the score GEMM so f16
+//!   scores overflow only where the scaled score would.
 //! - **Blocked** (CPU, and f32 inputs anywhere): inputs upcast to f32, matmul → softmax →
 //!   matmul over query blocks whose f32 scores stay under [`SCORE_BUDGET_BYTES`]; memory is
 //!   bounded for the decoder's 50 k-point chunks and the 16-part global blocks alike.
@@ -57,7 +58,8 @@ impl Default for Options {
 /// `causal`: query i sees keys 0..=i + (lk − lq) (aligned at the end, as torch does
 /// for lq == lk; CLIP only uses lq == lk). A causal row that sees no key at all (only
 /// possible when lq > lk) is zeros on the CUDA paths and NaN on the blocked path; no model
-/// does this.
+/// does this. No keys at all (lk = 0) is zeros, an empty output an empty tensor, on every
+/// path and without a launch.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
     Ok(attention_with(q, k, v, scale, causal, &Options::default())?.0)
 }
@@ -88,12 +90,35 @@ pub fn attention_with(
             path
         }
     };
+    if let Some(trivial) = plan::trivial(&dims) {
+        return Ok((trivial_output(trivial, &dims, q)?, path));
+    }
+    if d == 0 {
+        bail!("attention: head dim 0 (q {:?})", q.shape());
+    }
+    if path == Path::Fused {
+        // A forced fused path (checks, benches) must not reach an impossible launch.
+        if let Some(why) = plan::fused_blocker(q.dtype(), &dims) {
+            bail!("attention: the fused path cannot run q {:?}: {why}", q.shape());
+        }
+    }
     let out = match path {
         Path::Blocked => blocked(q, k, v, scale, causal, opts.score_budget_bytes)?,
         Path::Fused => fused(q, k, v, scale, causal, opts.poison)?,
         Path::Safe => safe(q, k, v, scale, causal, &dims, opts)?,
     };
     Ok((out, path))
+}
+
+/// The output of a call that launches nothing, in q's dtype and on its device: an empty
+/// (b, h, lq, dv) view of a one-element buffer (no zero-byte allocation, which CUDA refuses),
+/// or zeros when there are no keys.
+fn trivial_output(trivial: plan::Trivial, s: &plan::Dims, q: &Tensor) -> Result<Tensor> {
+    let shape = (s.b, s.h, s.lq, s.dv);
+    match trivial {
+        plan::Trivial::Empty => Tensor::zeros(1, q.dtype(), q.device())?.narrow(0, 0, 0)?.reshape(shape),
+        plan::Trivial::Zeros => Tensor::zeros(shape, q.dtype(), q.device()),
+    }
 }
 
 /// `Some` on a CUDA device (its compute capability), `None` elsewhere.
@@ -111,7 +136,7 @@ fn log_once(msg: String) {
     static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if seen.get_or_insert_with(HashSet::new).insert(msg.clone()) {
-        crate::commands::log(&msg);
+        tracing::info!("{msg}");
     }
 }
 
@@ -147,16 +172,46 @@ fn safe(
     dims: &plan::Dims,
     opts: &Options,
 ) -> Result<Tensor> {
+    let softmax = |scores: &Tensor, rest: f64, row0: usize| {
+        cuda::scaled_softmax(scores, rest, causal, row0, dims.lq, opts.poison)
+    };
+    safe_blocks(q, k, v, scale, dims, opts.score_budget_bytes, softmax)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn safe(_: &Tensor, _: &Tensor, _: &Tensor, _: f64, _: bool, _: &plan::Dims, _: &Options) -> Result<Tensor> {
+    bail!("the safe attention path needs a CUDA build")
+}
+
+/// The safe path's host side, whatever computes its softmax (the CUDA kernel, or its CPU
+/// model in the tests): per query block, scores = q' kᵀ in the input dtype, then
+/// `softmax(scores, rest, first row)`, then probs · v.
+///
+/// Why q is scaled first: the scores are written in the input dtype, and raw f16 scores
+/// overflow to inf (then NaN) where |q·k| > 65504 (the SDXL VAE mid-block, head dim 512). q is
+/// multiplied by the power-of-two part of `scale` (exact), so a score is never larger than
+/// the scaled score; the rest of the scale, in [1, 2), is applied in f32 by the softmax.
+#[cfg(any(feature = "cuda", test))]
+fn safe_blocks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    dims: &plan::Dims,
+    budget_bytes: usize,
+    softmax: impl Fn(&Tensor, f64, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (pow2, rest) = plan::split_scale(scale);
+    let q = if pow2 == 1.0 { q.clone() } else { q.affine(pow2, 0.0)? };
     let kt = k.contiguous()?.t()?;
     let v = v.contiguous()?;
-    let block = plan::query_block_rows(opts.score_budget_bytes, dims, q.dtype().size_in_bytes());
+    let block = plan::query_block_rows(budget_bytes, dims, q.dtype().size_in_bytes());
     let mut outs = Vec::with_capacity(dims.lq.div_ceil(block));
     let mut start = 0;
     while start < dims.lq {
         let len = block.min(dims.lq - start);
         let scores = q.narrow(2, start, len)?.contiguous()?.matmul(&kt)?;
-        let probs = cuda::scaled_softmax(&scores, scale, causal, start, dims.lq, opts.poison)?;
-        outs.push(probs.matmul(&v)?);
+        outs.push(softmax(&scores, rest, start)?.matmul(&v)?);
         start += len;
     }
     if outs.len() == 1 {
@@ -164,11 +219,6 @@ fn safe(
     } else {
         Tensor::cat(&outs, 2)
     }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn safe(_: &Tensor, _: &Tensor, _: &Tensor, _: f64, _: bool, _: &plan::Dims, _: &Options) -> Result<Tensor> {
-    bail!("the safe attention path needs a CUDA build")
 }
 
 /// Upcast to f32, then matmul → softmax → matmul over query blocks of at most
@@ -218,6 +268,7 @@ mod tests {
     use super::*;
 
     /// Plain f64 reference on flat data.
+    #[allow(clippy::too_many_arguments)] // the layout of flat data: every dimension is an argument
     fn reference(
         q: &[f32],
         k: &[f32],
@@ -420,6 +471,159 @@ mod tests {
             let opts = Options { path: Some(path), ..Options::default() };
             assert!(attention_with(&q, &q, &q, 1.0, false, &opts).is_err(), "{path:?}");
         }
+    }
+
+    fn f16_round(x: f32) -> f32 {
+        half::f16::from_f32(x).to_f32()
+    }
+
+    fn bf16_round(x: f32) -> f32 {
+        half::bf16::from_f32(x).to_f32()
+    }
+
+    /// The safe path's host side on the CPU, its softmax computed by the kernel's CPU model.
+    fn safe_on_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool, budget: usize) -> Tensor {
+        let ((b, h, lq, d), (_, _, lk, dv)) = (q.dims4().unwrap(), v.dims4().unwrap());
+        let dims = plan::Dims { b, h, lq, lk, d, dv };
+        let round = if q.dtype() == DType::F16 { f16_round } else { bf16_round };
+        let softmax = |s: &Tensor, scale: f64, row0: usize| {
+            let (sb, sh, len, slk) = s.dims4()?;
+            let host: Vec<f32> = s.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let scale_log2 = (scale * std::f64::consts::LOG2_E) as f32;
+            let p = kernel_model::softmax_rows(&host, len, slk, row0, lq, scale_log2, causal, round);
+            Tensor::from_vec(p, (sb, sh, len, slk), &Device::Cpu)?.to_dtype(s.dtype())
+        };
+        safe_blocks(q, k, v, scale, &dims, budget, softmax).unwrap()
+    }
+
+    fn host(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Normal-magnitude inputs through several query blocks, causal with lq > lk (the first
+    /// rows see no key: zeros, as on the CUDA paths), f16 and bf16, against f64.
+    #[test]
+    fn safe_path_host_side_matches_f64_reference() {
+        let (b, h, lq, lk, d) = (1, 2, 40, 30, 16);
+        for (dtype, tol) in [(DType::F16, 2e-3), (DType::BF16, 1e-2)] {
+            for causal in [false, true] {
+                let mut rng = crate::rng::Rng::new(17 + causal as u64);
+                let t = |len: usize, rng: &mut crate::rng::Rng| {
+                    Tensor::from_vec(rng.normal_vec(b * h * len * d), (b, h, len, d), &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let (q, k, v) = (t(lq, &mut rng), t(lk, &mut rng), t(lk, &mut rng));
+                let scale = 1.0 / (d as f64).sqrt();
+                // 7 query rows a block: 6 blocks, so block offsets reach the mask.
+                let out = safe_on_cpu(&q, &k, &v, scale, causal, 7 * b * h * lk * 2);
+                let got = host(&out);
+                let want = reference(&host(&q), &host(&k), &host(&v), b * h, lq, lk, d, d, scale, causal);
+                // The f64 reference is NaN where a causal row sees nothing; the safe path writes 0.
+                let want: Vec<f64> = want.iter().map(|w| if w.is_nan() { 0.0 } else { *w }).collect();
+                assert!(got.iter().all(|x| x.is_finite()));
+                let rel = rel_l2(&got, &want);
+                println!("safe host side {dtype:?} causal={causal}: rel_l2 {rel:.2e} (tol {tol:.0e})");
+                assert!(rel <= tol, "rel_l2 {rel}");
+            }
+        }
+    }
+
+    /// f16 inputs whose raw q·kᵀ overflows f16 (|q·k| > 65504) while the scaled scores do
+    /// not (the SDXL VAE mid-block shape: one head of dim 512): the safe path must stay finite
+    /// and match f64.
+    #[test]
+    fn safe_path_f16_large_scores_stay_finite() {
+        let (lq, lk, d) = (8, 16, 512);
+        let mut rng = crate::rng::Rng::new(512);
+        let mut t = |len: usize| {
+            let x: Vec<f32> = rng.normal_vec(len * d).into_iter().map(|x| x * 48.0).collect();
+            Tensor::from_vec(x, (1, 1, len, d), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap()
+        };
+        let (q, k, v) = (t(lq), t(lk), t(lk));
+        let raw = host(&q.matmul(&k.t().unwrap()).unwrap());
+        let overflowed = raw.iter().filter(|x| x.is_infinite()).count();
+        println!("raw f16 q·kᵀ: {overflowed} of {} scores overflow", raw.len());
+        assert!(overflowed > 0, "the inputs must overflow f16 when unscaled");
+        let scale = 1.0 / (d as f64).sqrt();
+        let got = host(&safe_on_cpu(&q, &k, &v, scale, false, SCORE_BUDGET_BYTES));
+        let non_finite = got.iter().filter(|x| !x.is_finite()).count();
+        let want = reference(&host(&q), &host(&k), &host(&v), 1, lq, lk, d, d, scale, false);
+        let rel = rel_l2(&got, &want);
+        println!("safe path f16, |q·k| up to {:.0}: {non_finite} non-finite, rel_l2 {rel:.2e} (tol 2e-3)", {
+            raw.iter().filter(|x| x.is_finite()).fold(0f32, |m, x| m.max(x.abs()))
+        });
+        assert_eq!(non_finite, 0);
+        assert!(rel <= 2e-3, "rel_l2 {rel}");
+    }
+
+    /// A row whose every visible score is −inf (here: an f16 score that overflows negative
+    /// even after scaling) is zeros on the safe path, as on the fused one, never NaN; the
+    /// other rows are unaffected.
+    #[test]
+    fn safe_path_fully_masked_row_is_zeros() {
+        let (lq, lk, d) = (4, 6, 512);
+        let mut rng = crate::rng::Rng::new(3);
+        // Dimension 0 carries only row 0's score: 60000 · −3000 · 2⁻⁵ per key, −inf in f16.
+        let mut q = rng.normal_vec(lq * d);
+        q.iter_mut().step_by(d).for_each(|x| *x = 0.0);
+        q[..d].fill(0.0);
+        q[0] = 60_000.0;
+        let mut k = rng.normal_vec(lk * d);
+        k.iter_mut().step_by(d).for_each(|x| *x = -3000.0);
+        let v = rng.normal_vec(lk * d);
+        let t = |x: Vec<f32>, len: usize| {
+            Tensor::from_vec(x, (1, 1, len, d), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap()
+        };
+        let (q, k, v) = (t(q, lq), t(k, lk), t(v, lk));
+        let scale = 1.0 / (d as f64).sqrt();
+        let got = host(&safe_on_cpu(&q, &k, &v, scale, false, SCORE_BUDGET_BYTES));
+        assert!(got[..d].iter().all(|&x| x == 0.0), "fully masked row: {:?}", &got[..4]);
+        let want = reference(&host(&q), &host(&k), &host(&v), 1, lq, lk, d, d, scale, false);
+        assert!(got[d..].iter().all(|x| x.is_finite()));
+        let rel = rel_l2(&got[d..], &want[d..]);
+        println!("rows beside a fully masked one: rel_l2 {rel:.2e} (tol 2e-3)");
+        assert!(rel <= 2e-3, "rel_l2 {rel}");
+    }
+
+    /// Calls with nothing to compute return the right shape (and zeros without keys) on
+    /// every path instead of reaching a zero-size launch or an empty concatenation.
+    #[test]
+    fn empty_calls_return_empty_outputs() {
+        let z = |dims: (usize, usize, usize, usize)| Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap();
+        for (q, k, v) in [
+            (z((1, 2, 0, 8)), z((1, 2, 5, 8)), z((1, 2, 5, 4))), // lq = 0
+            (z((0, 2, 3, 8)), z((0, 2, 5, 8)), z((0, 2, 5, 8))), // b = 0
+            (z((1, 0, 3, 8)), z((1, 0, 5, 8)), z((1, 0, 5, 8))), // h = 0
+        ] {
+            for causal in [false, true] {
+                let out = attention(&q, &k, &v, 0.5, causal).unwrap();
+                let (b, h, lq, _) = q.dims4().unwrap();
+                assert_eq!(out.dims(), &[b, h, lq, v.dim(3).unwrap()]);
+                assert_eq!(out.elem_count(), 0);
+                // Forcing a CUDA path changes nothing: no launch is reached.
+                for path in [Path::Fused, Path::Safe] {
+                    let opts = Options { path: Some(path), ..Options::default() };
+                    assert_eq!(attention_with(&q, &k, &v, 0.5, causal, &opts).unwrap().0.dims(), out.dims());
+                }
+            }
+        }
+        // No keys: every row sees nothing, zeros (as the CUDA paths define it), in q's dtype.
+        let q = Tensor::ones((1, 2, 3, 8), DType::F16, &Device::Cpu).unwrap();
+        let kv = Tensor::zeros((1, 2, 0, 8), DType::F16, &Device::Cpu).unwrap();
+        let out = attention(&q, &kv, &kv, 0.5, false).unwrap();
+        assert_eq!((out.dims(), out.dtype()), (&[1, 2, 3, 8][..], DType::F16));
+        assert!(host(&out).iter().all(|&x| x == 0.0));
+    }
+
+    /// A forced fused path past CUDA's grid.y limit is a clear error, not a failed launch.
+    #[test]
+    fn forced_fused_past_the_grid_limit_is_refused() {
+        let q = Tensor::zeros((65_536, 1, 1, 64), DType::F16, &Device::Cpu).unwrap();
+        let opts = Options { path: Some(Path::Fused), ..Options::default() };
+        let err = attention_with(&q, &q, &q, 0.125, false, &opts).unwrap_err().to_string();
+        assert!(err.contains("grid limit"), "{err}");
     }
 
     #[test]

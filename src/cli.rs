@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 some concepts failed, 2 usage or configuration error, 3 preflight failed.
-Logs go to stderr, results to stdout (--json for machines).
+Logs go to stderr, results to stdout (--json for machines). Logs: INFO and up; -q errors only,
+-v debug (stage timings, GCS and hub client events), -vv more; RUST_LOG replaces the level choice.
+--log-format text|json (LUMEN_LOG_FORMAT): text on a terminal, else json, one object per line
+with severity, message, timestamp and the fields of its spans (key, stage, ...), which Cloud
+Logging reads from a Cloud Run job's stderr.
 
 Examples:
   lumen generate chair \"office chair\" --pipeline procedural
@@ -30,8 +34,32 @@ Google Cloud Storage. The procedural pipeline builds shapes from primitives with
     after_help = AFTER_HELP
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How much is logged on stderr, and in what form (every command).
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// More detail on stderr: -v debug events (stage timings, GCS and hub clients), -vv all crates' debug, -vvv trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Errors only on stderr (no progress bars); results on stdout are unchanged.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log line format; default: text when stderr is a terminal, json otherwise (Cloud Logging).
+    #[arg(long, value_enum, value_name = "FORMAT", global = true, env = "LUMEN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event for a person: the message, "warning:"/"error:" in front by level.
+    Text,
+    /// One JSON object per line: severity, message, timestamp, target and span fields.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,10 +7,12 @@
 //!
 //! - CPU, and CUDA in a build without the `cudnn` feature: candle's own conv2d (im2col +
 //!   GEMM), unchanged, so the CPU goldens are bit-for-bit what they were.
-//! - CUDA with the `cudnn` feature: cuDNN called directly ([`cudnn`]): the algorithm is
-//!   measured once per (shape, dtype) and cached, one workspace is reused, the handle runs on
-//!   candle's stream. f32 convolutions may use TF32 tensor cores, as torch allows by default;
-//!   `LUMEN_CUDNN_TF32=0` turns that off. Layout stays NCHW (docs/convolution.md says why).
+//! - CUDA with the `cudnn` feature: cuDNN called directly (`cudnn`): the algorithm is
+//!   measured once per (shape, dtype, alignment) and cached, one engine and workspace per
+//!   device (shrunk to the chosen algorithms' need), the handle runs on candle's stream. f32
+//!   convolutions may use TF32 tensor cores, as torch allows by default;
+//!   `LUMEN_CUDNN_TF32=0` turns that off and accepts exact algorithms only. Layout stays
+//!   NCHW (docs/convolution.md says why). The decisions that need no GPU are in [`plan`].
 //!
 //! Which path runs is logged once per process, on the first CUDA convolution.
 //!
@@ -22,6 +24,9 @@ mod cuda_op;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
 mod group_norm;
+// The cuDNN path's decisions as plain functions: tested on the CPU, used by cuDNN builds.
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+pub mod plan;
 
 pub use group_norm::{group_norm, group_norm_reference, GroupNorm};
 
@@ -109,7 +114,7 @@ pub fn cuda_path() -> String {
     }
 }
 
-/// The cuDNN algorithm this thread chose for a convolution of `x` by `weight`, in words, once
+/// The cuDNN algorithm the device's engine chose for a convolution of `x` by `weight`, in words, once
 /// it has run (`None` on other paths).
 pub fn chosen_algorithm(x: &Tensor, weight: &Tensor, bias: bool, cfg: &Conv2dConfig) -> Result<Option<String>> {
     #[cfg(feature = "cudnn")]
@@ -134,7 +139,7 @@ pub fn chosen_algorithm(x: &Tensor, weight: &Tensor, bias: bool, cfg: &Conv2dCon
 
 fn announce_path() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| crate::commands::log(&format!("conv2d on CUDA: {}", cuda_path())));
+    ONCE.call_once(|| tracing::info!("conv2d on CUDA: {}", cuda_path()));
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! The compute device: which one a run uses, what it is, and a numerical self-check.
+//! The compute device: which one a run uses and what it is (the numerical self-check is
+//! in `diagnostics::self_check`).
 //!
 //! Every command that runs models picks its device here, logs [`DeviceInfo`] once, and
 //! records its kind in the asset's `pipeline.settings`, so a number (or a wrong result) can
 //! always be traced to the card, driver and precision it came from.
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
 use serde::Serialize;
 
 /// The first CUDA GPU in a CUDA build (unless `force_cpu`), else the CPU.
@@ -126,52 +127,13 @@ fn mem_total_mib() -> Option<u64> {
     Some(kib / 1024)
 }
 
-/// A real numerical check of `device` against the CPU: a 256×512·512×192 GEMM in f32 and a
-/// sum/max reduction over 2²⁰ values, both compared with the same computation on the CPU, and
-/// on a GPU a half-precision GEMM against the f32 result. Returns a one-line summary.
-///
-/// Why these: they exercise cuBLAS (what every linear layer uses), candle's reduction kernels
-/// and the half-precision path the models run in, which is where a broken driver, a PTX that
-/// did not load or a wrong library version shows up.
-pub fn self_check(device: &Device) -> Result<String> {
-    let (m, k, n) = (256, 512, 192);
-    let a = pattern(m * k, 0.37)?.reshape((m, k))?;
-    let b = pattern(k * n, 0.91)?.reshape((k, n))?;
-    let want = a.matmul(&b)?;
-    let got = a.to_device(device)?.matmul(&b.to_device(device)?)?.to_device(&Device::Cpu)?;
-    // TF32 or a different summation order may differ slightly; a broken GEMM is off by O(1).
-    let gemm_err = crate::goldens::rel_l2(&got, &want)?;
-    if !(gemm_err < 1e-3) {
-        bail!("f32 GEMM {m}×{k}·{k}×{n} on {} differs from the CPU: rel L2 {gemm_err:.3e}", device_label(device));
+/// Where a tensor lives, as logs, bench rows and golden reports name it: `cpu`, `cuda:0`.
+pub fn label(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
-    let x = pattern(1 << 20, 0.13)?;
-    let (sum_cpu, max_cpu) = (x.sum_all()?.to_scalar::<f32>()?, x.max(0)?.to_scalar::<f32>()?);
-    let xd = x.to_device(device)?;
-    let (sum_dev, max_dev) = (xd.sum_all()?.to_scalar::<f32>()?, xd.max(0)?.to_scalar::<f32>()?);
-    let sum_err = ((sum_dev - sum_cpu) / sum_cpu.abs().max(1.0)).abs();
-    if !(sum_err < 1e-4) || max_dev != max_cpu {
-        bail!(
-            "reduction on {} differs from the CPU: sum {sum_dev} vs {sum_cpu}, max {max_dev} vs {max_cpu}",
-            device_label(device)
-        );
-    }
-    let mut summary = format!("f32 GEMM rel L2 {gemm_err:.1e}, sum/max reduction over 2^20 match");
-    if device.is_cuda() {
-        let half = model_dtype(device);
-        let got = a
-            .to_dtype(half)?
-            .to_device(device)?
-            .matmul(&b.to_dtype(half)?.to_device(device)?)?
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?;
-        let half_err = crate::goldens::rel_l2(&got, &want)?;
-        // f16 inputs carry 2^-11 relative rounding; over k = 512 products the error stays ~1e-3.
-        if !(half_err < 5e-3) {
-            bail!("{} GEMM on {} differs from f32: rel L2 {half_err:.3e}", dtype_name(half), device_label(device));
-        }
-        summary.push_str(&format!(", {} GEMM rel L2 {half_err:.1e}", dtype_name(half)));
-    }
-    Ok(summary)
 }
 
 /// A GPU's free and total memory, in bytes, as the driver reports it.
@@ -200,10 +162,17 @@ pub fn memory_info(device: &Device) -> Option<MemoryInfo> {
     None
 }
 
-/// How the CUDA driver, cuBLAS and cuDNN say an allocation failed, as candle passes their
-/// errors on (`DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")`, `CublasError(..)`).
-const OUT_OF_MEMORY_MARKERS: [&str; 4] =
-    ["CUDA_ERROR_OUT_OF_MEMORY", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "out of memory"];
+/// How the CUDA driver, cuBLAS and cuDNN say an allocation failed, as candle and `conv` pass
+/// their errors on (`DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")`,
+/// `CublasError(..)`, cuDNN 8's `ALLOC_FAILED`, cuDNN 9's
+/// `INTERNAL_ERROR_{HOST,DEVICE}_ALLOCATION_FAILED`, the codes `conv::plan` retries on).
+const OUT_OF_MEMORY_MARKERS: [&str; 5] = [
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "_ALLOCATION_FAILED",
+    "out of memory",
+];
 
 /// Whether `error` (anywhere in its chain) is the device running out of memory: a failure of
 /// that one concept at its size, not of the device or the batch.
@@ -214,34 +183,9 @@ pub fn is_out_of_memory(error: &anyhow::Error) -> bool {
     })
 }
 
-fn device_label(device: &Device) -> &'static str {
-    if device.is_cuda() {
-        "the GPU"
-    } else {
-        "the CPU"
-    }
-}
-
-/// Deterministic values in [-1, 1) without a random generator (sin of a scaled index).
-fn pattern(len: usize, step: f64) -> Result<Tensor> {
-    let v: Vec<f32> = (0..len).map(|i| ((i as f64 * step).sin()) as f32).collect();
-    Ok(Tensor::from_vec(v, len, &Device::Cpu)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::goldens::rel_l2;
-
-    #[test]
-    fn cpu_self_check_passes_and_describes_the_cpu() {
-        let summary = self_check(&Device::Cpu).unwrap();
-        assert!(summary.contains("GEMM"), "{summary}");
-        let info = describe(&Device::Cpu);
-        assert_eq!(info.kind, "cpu");
-        assert!(info.threads.unwrap() >= 1);
-        assert!(info.summary().starts_with("device: CPU"));
-    }
 
     #[test]
     fn out_of_memory_is_recognised_through_the_error_chain() {
@@ -250,16 +194,13 @@ mod tests {
         assert!(is_out_of_memory(&e));
         let blas = anyhow::anyhow!("CublasError(CUBLAS_STATUS_ALLOC_FAILED)").context("sdxl_unet");
         assert!(is_out_of_memory(&blas));
+        // conv's cuDNN errors after its own workspace retries ("cuDNN {call}: {status:?}").
+        let cudnn9 = anyhow::anyhow!("cuDNN forward: CudnnError(CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED)");
+        assert!(is_out_of_memory(&cudnn9.context("sdxl_vae_decode")));
         let other = anyhow::anyhow!("DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access\")");
         assert!(!is_out_of_memory(&other.context("image → parts")));
+        let unsupported = anyhow::anyhow!("cuDNN forward: CudnnError(CUDNN_STATUS_NOT_SUPPORTED)");
+        assert!(!is_out_of_memory(&unsupported));
         assert_eq!(memory_info(&Device::Cpu), None);
-    }
-
-    #[test]
-    fn rel_l2_sees_a_wrong_result() {
-        let a = pattern(64, 0.5).unwrap();
-        let b = (a.clone() * 1.01).unwrap();
-        let e = rel_l2(&b, &a).unwrap();
-        assert!((e - 0.01).abs() < 1e-6, "{e}");
     }
 }

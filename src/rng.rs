@@ -8,7 +8,22 @@
 //! Algorithm: xoshiro256** (Blackman & Vigna), state seeded by splitmix64 of the
 //! seed; normals by the Box–Muller transform in f64.
 
-use crate::synth::splitmix64;
+/// FNV-1a over `bytes` (a tensor's or a stream's name).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// One splitmix64 step: the seed expander of the generator and of the synthetic weights.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 #[derive(Debug, Clone)]
 pub struct Rng {
@@ -30,7 +45,7 @@ impl Rng {
     /// A generator for a named sub-stream (e.g. "noise", "sampling"): independent
     /// streams stay stable when another stage changes how many numbers it draws.
     pub fn derive(seed: u64, stream: &str) -> Self {
-        Self::new(seed ^ crate::synth::fnv1a64(stream.as_bytes()))
+        Self::new(seed ^ fnv1a64(stream.as_bytes()))
     }
 
     pub fn next_u64(&mut self) -> u64 {

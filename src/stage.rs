@@ -1,7 +1,8 @@
 //! The per-concept pipeline's stages as traits, and the clock that times them.
 //!
-//! A leaf module: the models implement these traits and the pipelines drive them, so both
-//! depend on this file and it depends on neither.
+//! Low in the crate: the models implement these traits and the pipelines drive them, so both
+//! depend on this file and it depends on neither (only on geometry and device, below both).
+//! Timing a stage also opens its log span, so every model stage has one.
 //!
 //! text → prompt → [`TextToImage`] → [`BackgroundRemoval`] → [`ImageToParts`] → sampling.
 //! Each stage is a trait so the model stages (SDXL Turbo, BriaRMBG, PartCrafter) and the
@@ -56,28 +57,21 @@ impl Timings {
         self.2.as_deref()
     }
 
-    /// Runs `f`, adding its wall time (device work included) to `stage`.
+    /// Runs `f` inside the stage's span (`stage`, `device`: every event `f` logs names its
+    /// stage), adds its wall time (device work included) to `stage`, and logs that time at
+    /// debug level.
     pub fn time<T>(&mut self, stage: &str, f: impl FnOnce() -> T) -> T {
         self.2 = Some(stage.to_string());
+        let span = tracing::info_span!("stage", stage = %stage, device = %self.device_label());
+        let _inside = span.enter();
         self.synchronize();
         let start = Instant::now();
         let out = f();
         self.synchronize();
-        *self.0.entry(stage.to_string()).or_insert(0.0) += start.elapsed().as_secs_f64() * 1e3;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        self.add(stage, ms);
+        tracing::debug!(elapsed_ms = (ms * 10.0).round() / 10.0, "{stage}: {ms:.1} ms");
         out
-    }
-
-    /// Starts a clock for work that is not one closure (a loop that also records traces);
-    /// [`stop`](Self::stop) adds its time to a stage.
-    pub fn start(&self) -> Instant {
-        self.synchronize();
-        Instant::now()
-    }
-
-    /// Adds the time since `start` (device work included) to `stage`.
-    pub fn stop(&mut self, stage: &str, start: Instant) {
-        self.synchronize();
-        self.add(stage, start.elapsed().as_secs_f64() * 1e3);
     }
 
     pub fn add(&mut self, stage: &str, ms: f64) {
@@ -87,6 +81,12 @@ impl Timings {
     /// Stage names, sorted.
     pub fn stage_names(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
+    }
+
+    /// The device the stages' work runs on: the one synchronised, else the CPU (a `Timings`
+    /// not told of a GPU only times host work).
+    fn device_label(&self) -> String {
+        self.1.as_ref().map_or_else(|| "cpu".to_string(), crate::device::label)
     }
 
     fn synchronize(&self) {

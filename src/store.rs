@@ -346,23 +346,26 @@ impl Store {
     }
 }
 
-/// Decodes `%XX` escapes (invalid ones are kept as they are). object_store paths keep
-/// characters outside its safe set percent-encoded; callers of `list` get back the names
-/// they wrote.
+/// Decodes `%XX` escapes (invalid ones are kept as they are; a result that is not UTF-8
+/// leaves the text undecoded). object_store paths keep characters outside its safe set
+/// percent-encoded; callers of `list` get back the names they wrote.
 pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
+    percent_encoding::percent_decode_str(s).decode_utf8().map_or_else(|_| s.to_string(), |d| d.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding_keeps_what_is_not_an_escape() {
+        assert_eq!(percent_decode("a%20b+c%2Fd"), "a b+c/d");
+        assert_eq!(percent_decode("%E2%82%AC%41"), "€A");
+        // A multi-byte character right after `%` (the gallery's `GET /%aé`), a bare `%`,
+        // and an escape that decodes to invalid UTF-8.
+        assert_eq!(percent_decode("/%aé"), "/%aé");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%FF"), "%FF");
     }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }

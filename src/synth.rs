@@ -12,21 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 
-/// FNV-1a over the tensor name's UTF-8 bytes.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use crate::rng::{fnv1a64, splitmix64};
 
 /// The synthetic values of tensor `name` with `shape`, in f64 (round to the dtype afterwards).
 pub fn synth_values(name: &str, shape: &[usize]) -> Vec<f64> {
@@ -227,6 +213,7 @@ mod tests {
 
     /// The four self-check values printed by the goldens' reference implementation.
     #[test]
+    #[allow(clippy::excessive_precision)] // the reference's values as Python printed them
     fn matches_reference_self_check_values() {
         let cases: [(&str, &[usize], &[f32]); 4] = [
             (

@@ -8,6 +8,18 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(secs)
 }
 
+/// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ` (log lines: several a second need ordering).
+pub fn now_rfc3339_millis() -> String {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    format_rfc3339_millis(ms)
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 (UTC) with a fraction of a second.
+pub fn format_rfc3339_millis(ms: u64) -> String {
+    let seconds = format_rfc3339(ms / 1000);
+    format!("{}.{:03}Z", seconds.trim_end_matches('Z'), ms % 1000)
+}
+
 /// Seconds since the Unix epoch as RFC 3339 (UTC), by the days-to-civil algorithm.
 pub fn format_rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -31,5 +43,6 @@ mod tests {
         assert_eq!(super::format_rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(super::format_rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(super::format_rfc3339_millis(1_795_000_000_042), "2026-11-18T11:06:40.042Z");
     }
 }

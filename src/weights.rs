@@ -231,7 +231,7 @@ impl WeightsSource {
             .filter_map(|s| match parse_revision(s.trim()) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    crate::commands::log(&format!("warning: LUMEN_REVISION ignored: {e}"));
+                    tracing::warn!("LUMEN_REVISION ignored: {e}");
                     None
                 }
             })

@@ -413,3 +413,24 @@ fn full_disk_fails_cleanly_and_keeps_what_was_stored() {
         Asset::decode(bytes).unwrap();
     }
 }
+
+/// `lumen generate a b c | head -0`: the reader is gone before the first result line; the
+/// run still stores every concept, updates the manifest and exits with the work's code.
+#[test]
+fn a_closed_stdout_stops_the_output_not_the_work() {
+    let w = workdir();
+    let mut child = lumen()
+        .current_dir(w.path())
+        .args(["generate", "chair", "table", "lamp", "--pipeline", "procedural"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(shapes_in(&w.path().join("out")).len(), 3);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path().join("out/manifest.json")).expect("manifest written")).unwrap();
+    assert_eq!(manifest["entries"].as_object().unwrap().len(), 3, "{manifest}");
+}

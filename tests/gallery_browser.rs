@@ -292,11 +292,16 @@ fn serve_answers_on_localhost_and_stays_inside_the_folder() {
     let index = get("/");
     let outside = get("/../Cargo.toml");
     let script = get("/viewer.js");
+    // A multi-byte character right after `%` once panicked the request thread.
+    let odd = get("/%a\u{e9}");
+    let after = get("/");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(index.starts_with("HTTP/1.1 200") && index.contains("lumen gallery"), "{index}");
     assert!(outside.starts_with("HTTP/1.1 404"), "{outside}");
     assert!(script.contains("Content-Type: text/javascript"), "{script}");
+    assert!(odd.starts_with("HTTP/1.1 404"), "{odd:?}");
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
 }
 
 #[test]

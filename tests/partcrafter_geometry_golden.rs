@@ -20,6 +20,9 @@ use lumen::models::partcrafter::extract::{
 use lumen::models::partcrafter::vae::{CrossAttention, SdfDecoder};
 use lumen::rng::Rng;
 
+/// An SDF over a batch of points, boxed so a test can hold several kinds in one list.
+type Field<'a> = Box<dyn FnMut(&[[f32; 3]]) -> anyhow::Result<Vec<f32>> + 'a>;
+
 /// Writes `vae/config.json` and synthetic `vae/diffusion_pytorch_model.safetensors` as the real
 /// checkpoint folder lays them out, and loads the decoder through the production loader.
 fn synthetic_decoder(manifest: &serde_json::Value, dir: &Path) -> SdfDecoder {
@@ -374,7 +377,7 @@ const SHARE_TOL: f64 = 0.042;
 /// point shares) and the largest difference of sampled point shares.
 fn compare_modes(
     label: &str,
-    fields: &mut [Box<dyn FnMut(&[[f32; 3]]) -> anyhow::Result<Vec<f32>> + '_>],
+    fields: &mut [Field<'_>],
     reference: &ExtractOptions,
     fast: &ExtractOptions,
 ) -> (f64, f64, f64, f64, usize, usize) {
@@ -431,7 +434,7 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
     };
     let prepared: Vec<_> =
         (0..g["latents"].dim(0).unwrap()).map(|p| decoder.prepare(&g["latents"].i(p).unwrap()).unwrap()).collect();
-    let mut fields: Vec<Box<dyn FnMut(&[[f32; 3]]) -> anyhow::Result<Vec<f32>>>> = prepared
+    let mut fields: Vec<Field<'_>> = prepared
         .iter()
         .map(|part| {
             let d = &decoder;
@@ -466,7 +469,7 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
         let r = (p[0].powi(2) + p[2].powi(2)).sqrt() - 0.6;
         0.08 - (r * r + (p[1] + 0.7).powi(2)).sqrt()
     };
-    let mut analytic: Vec<Box<dyn FnMut(&[[f32; 3]]) -> anyhow::Result<Vec<f32>>>> = vec![
+    let mut analytic: Vec<Field<'static>> = vec![
         Box::new(move |pts: &[[f32; 3]]| Ok(pts.iter().map(sphere).collect())),
         Box::new(move |pts: &[[f32; 3]]| Ok(pts.iter().map(boxf).collect())),
         Box::new(move |pts: &[[f32; 3]]| Ok(pts.iter().map(torus).collect())),
@@ -481,7 +484,7 @@ fn partcrafter_geometry_golden_fast_vs_reference() {
     assert!(dshare <= SHARE_TOL);
 
     // The goldens' own analytic case: the steep sphere 60·(0.6 − |x|).
-    let mut steep: Vec<Box<dyn FnMut(&[[f32; 3]]) -> anyhow::Result<Vec<f32>>>> = vec![Box::new(sphere_field)];
+    let mut steep: Vec<Field<'static>> = vec![Box::new(sphere_field)];
     let (cd, floor, _, _, _, _) = compare_modes("analytic steep sphere", &mut steep, &reference, &fast);
     assert!(cd <= 1.5 * floor);
 }

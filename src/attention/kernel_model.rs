@@ -1,4 +1,5 @@
-//! A lane-by-lane CPU model of the fused kernel (`src/cuda/attention.cu`), for tests.
+//! CPU models of the kernels in `src/cuda/attention.cu`, for tests: the fused kernel lane by
+//! lane, and the safe path's per-row scale-mask-softmax.
 //!
 //! No GPU is needed to check the parts of the kernel that are easiest to get wrong: the lane
 //! address arithmetic of `ldmatrix`, the reuse of the S accumulators as P's A fragments, the
@@ -6,6 +7,9 @@
 //! here from the PTX ISA's fragment tables, independently of the kernel; the rest mirrors the
 //! kernel line by line (same names), so a change there must be mirrored here. What this
 //! cannot check (cp.async ordering, barriers, the real instructions) is the GPU check's job.
+
+// Indices and argument lists as the kernel has them, so the two read side by side.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use super::plan::{FUSED_BLOCK_K as BLOCK_K, FUSED_BLOCK_Q as BLOCK_Q};
 
@@ -217,6 +221,37 @@ pub fn fused_forward(
         }
     }
     o
+}
+
+/// `softmax_rows` of the kernel file over a (rows, lk) score block already rounded to the
+/// dtype: row r is query `row0 + r % len`; keys past its last visible one get p = 0, and a row
+/// whose visible scores are all −inf (or that sees no key) is zeros, never NaN. `round`
+/// rounds p to the dtype. Same f32 arithmetic as the kernel (exp2 of the scaled score minus
+/// the row's base), so the safe path's host side can be checked on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_rows(
+    s: &[f32],
+    len: usize,
+    lk: usize,
+    row0: usize,
+    lq: usize,
+    scale_log2: f32,
+    causal: bool,
+    round: fn(f32) -> f32,
+) -> Vec<f32> {
+    let mut p = vec![f32::NAN; s.len()];
+    for (row, (si, pi)) in s.chunks(lk.max(1)).zip(p.chunks_mut(lk.max(1))).enumerate() {
+        let query = (row0 + row % len) as i64;
+        let visible = if causal { (query + lk as i64 - lq as i64 + 1).clamp(0, lk as i64) as usize } else { lk };
+        let m = si[..visible].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale_log2));
+        let base = if m == f32::NEG_INFINITY { 0.0 } else { m };
+        let sum: f32 = si[..visible].iter().map(|&x| (x * scale_log2 - base).exp2()).sum();
+        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        for (j, (x, out)) in si.iter().zip(pi.iter_mut()).enumerate() {
+            *out = if j < visible { round((x * scale_log2 - base).exp2() * inv) } else { 0.0 };
+        }
+    }
+    p
 }
 
 #[cfg(test)]

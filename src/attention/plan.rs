@@ -38,15 +38,60 @@ pub struct Dims {
 }
 
 /// Query rows per block of the fused kernel (4 warps × 16 rows).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub const FUSED_BLOCK_Q: usize = 64;
 /// Keys per shared-memory tile of the fused kernel.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub const FUSED_BLOCK_K: usize = 64;
 /// Threads per block of the fused kernel.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub const FUSED_THREADS: u32 = 128;
 /// Head dims with a fused instantiation.
 pub const FUSED_HEAD_DIMS: [usize; 2] = [64, 128];
 /// CUDA's limit on grid.y, which carries batch × heads.
 const GRID_Y_MAX: usize = 65_535;
+
+/// What a call returns without launching anything, decided before any path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trivial {
+    /// The output has no element (lq, dv or batch × heads is 0): a zero-size grid would fail
+    /// to launch.
+    Empty,
+    /// No keys (lk = 0): every row sees nothing, which the CUDA paths define as zeros.
+    Zeros,
+}
+
+/// `Some` when the call needs no kernel at all.
+pub fn trivial(s: &Dims) -> Option<Trivial> {
+    if s.b * s.h * s.lq * s.dv == 0 {
+        Some(Trivial::Empty)
+    } else if s.lk == 0 {
+        Some(Trivial::Zeros)
+    } else {
+        None
+    }
+}
+
+/// Why the fused kernel cannot run a call (dtype, head dims, CUDA's grid limit, its 32-bit
+/// indices), or `None` when it can. The device's compute capability is [`choose`]'s concern.
+pub fn fused_blocker(dtype: DType, s: &Dims) -> Option<String> {
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        return Some(format!("{dtype:?} inputs (the fused kernel takes f16/bf16)"));
+    }
+    if s.dv != s.d {
+        return Some(format!("v head dim {} differs from q/k head dim {}", s.dv, s.d));
+    }
+    if !FUSED_HEAD_DIMS.contains(&s.d) {
+        return Some(format!("head dim {} has no fused instantiation (64, 128)", s.d));
+    }
+    if s.b * s.h > GRID_Y_MAX {
+        return Some(format!("batch × heads {} exceeds the grid limit {GRID_Y_MAX}", s.b * s.h));
+    }
+    if s.lq > i32::MAX as usize || s.lk > i32::MAX as usize {
+        return Some("sequence longer than the kernel's 32-bit indices".into());
+    }
+    None
+}
 
 /// The path for a call and why. `compute_capability` is `None` off CUDA.
 pub fn choose(compute_capability: Option<(i32, i32)>, dtype: DType, s: &Dims) -> (Path, String) {
@@ -59,22 +104,14 @@ pub fn choose(compute_capability: Option<(i32, i32)>, dtype: DType, s: &Dims) ->
     if major < 8 {
         return (Path::Blocked, format!("compute capability {major}.{minor} (tensor-core kernels need 8.0)"));
     }
-    if s.dv != s.d {
-        return (Path::Safe, format!("v head dim {} differs from q/k head dim {}", s.dv, s.d));
+    match fused_blocker(dtype, s) {
+        Some(why) => (Path::Safe, why),
+        None => (Path::Fused, format!("{dtype:?}, head dim {}", s.d)),
     }
-    if !FUSED_HEAD_DIMS.contains(&s.d) {
-        return (Path::Safe, format!("head dim {} has no fused instantiation (64, 128)", s.d));
-    }
-    if s.b * s.h > GRID_Y_MAX {
-        return (Path::Safe, format!("batch × heads {} exceeds the grid limit", s.b * s.h));
-    }
-    if s.lq > i32::MAX as usize || s.lk > i32::MAX as usize {
-        return (Path::Safe, "sequence longer than the kernel's 32-bit indices".into());
-    }
-    (Path::Fused, format!("{dtype:?}, head dim {}", s.d))
 }
 
 /// Grid of the fused kernel: (query blocks, batch × heads, 1).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub fn fused_grid(s: &Dims) -> (u32, u32, u32) {
     (s.lq.div_ceil(FUSED_BLOCK_Q) as u32, (s.b * s.h) as u32, 1)
 }
@@ -82,12 +119,14 @@ pub fn fused_grid(s: &Dims) -> (u32, u32, u32) {
 /// Key tiles the fused kernel visits for the query block starting at `q0`: all of them, or
 /// under the causal mask only those up to the block's last visible key
 /// (`q0 + FUSED_BLOCK_Q - 1 + lk - lq`). Mirrors `key_end`/`tiles` in the kernel.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub fn fused_key_tiles(q0: usize, lq: usize, lk: usize, causal: bool) -> usize {
     let end = if causal { (q0 + FUSED_BLOCK_Q + lk).saturating_sub(lq).min(lk) } else { lk };
     end.div_ceil(FUSED_BLOCK_K)
 }
 
 /// Kernel name of the fused path.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub fn fused_kernel(dtype: DType, d: usize) -> Option<&'static str> {
     Some(match (dtype, d) {
         (DType::F16, 64) => "attn_fwd_f16_d64",
@@ -105,8 +144,23 @@ pub fn query_block_rows(budget_bytes: usize, s: &Dims, elem_bytes: usize) -> usi
     (budget_bytes / row_bytes).clamp(1, s.lq.max(1))
 }
 
+/// The safe path's scale as (power of two applied to q before the score GEMM, rest applied
+/// in f32 by the softmax), `pow2 · rest = scale`. Multiplying by a power of two is exact in
+/// every float format, and `rest` ∈ [1, 2) keeps each half-precision score at most the scaled
+/// score, so raw scores cannot overflow where scaled ones do not. The exponent stays within
+/// ±8 so q' neither underflows nor overflows for any real head dim; a scale that is not a
+/// positive finite number is left whole to the softmax.
+pub fn split_scale(scale: f64) -> (f64, f64) {
+    if !(scale.is_finite() && scale > 0.0) {
+        return (1.0, scale);
+    }
+    let pow2 = scale.log2().floor().clamp(-8.0, 8.0).exp2();
+    (pow2, scale / pow2)
+}
+
 /// The fused kernel copies K and V rows with 16-byte `cp.async`: a tensor whose storage
 /// starts at an element offset that is not a multiple of 8 halves must be copied first.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub fn needs_realign(start_offset: usize) -> bool {
     start_offset % 8 != 0
 }
@@ -134,6 +188,40 @@ mod tests {
         // Every fallback says why.
         let (_, why) = choose(h100, DType::F16, &dims(1, 8, 100, 100, 80));
         assert!(why.contains("head dim 80"), "{why}");
+    }
+
+    /// A forced fused path is refused, with the reason, wherever `choose` would not take it
+    /// on an sm_80+ card; the grid limit is exact.
+    #[test]
+    fn fused_blocker_names_every_reason() {
+        assert_eq!(fused_blocker(DType::F16, &dims(1, 65_535, 10, 10, 64)), None);
+        let why = fused_blocker(DType::F16, &dims(1, 65_536, 10, 10, 64)).unwrap();
+        assert!(why.contains("65536") && why.contains("grid limit"), "{why}");
+        assert!(fused_blocker(DType::BF16, &dims(257, 256, 10, 10, 128)).is_some(), "b × h = 65 792");
+        assert!(fused_blocker(DType::F32, &dims(1, 1, 10, 10, 64)).unwrap().contains("F32"));
+        assert!(fused_blocker(DType::F16, &dims(1, 1, 10, 10, 512)).unwrap().contains("head dim 512"));
+        assert!(fused_blocker(DType::F16, &Dims { dv: 32, ..dims(1, 1, 10, 10, 64) }).is_some());
+        assert!(fused_blocker(DType::F16, &dims(1, 1, 1 << 31, 10, 64)).unwrap().contains("32-bit"));
+        // choose() agrees: fused exactly where nothing blocks it.
+        for s in [dims(1, 65_535, 10, 10, 64), dims(1, 65_536, 10, 10, 64), dims(2, 8, 5, 5, 96)] {
+            let fused = choose(Some((8, 9)), DType::F16, &s).0 == Path::Fused;
+            assert_eq!(fused, fused_blocker(DType::F16, &s).is_none(), "{s:?}");
+        }
+    }
+
+    /// Zero-size grids never launch: empty outputs and key-less calls are decided here.
+    #[test]
+    fn trivial_calls_need_no_kernel() {
+        assert_eq!(trivial(&dims(1, 8, 0, 77, 64)), Some(Trivial::Empty));
+        assert_eq!(trivial(&dims(0, 8, 10, 77, 64)), Some(Trivial::Empty));
+        assert_eq!(trivial(&dims(2, 0, 10, 77, 64)), Some(Trivial::Empty));
+        assert_eq!(trivial(&Dims { dv: 0, ..dims(1, 1, 10, 10, 64) }), Some(Trivial::Empty));
+        assert_eq!(trivial(&dims(1, 8, 10, 0, 64)), Some(Trivial::Zeros));
+        assert_eq!(trivial(&dims(0, 8, 10, 0, 64)), Some(Trivial::Empty), "empty wins over zeros");
+        assert_eq!(trivial(&dims(1, 1, 1, 1, 64)), None);
+        // The grid these would have launched is zero-sized along some axis.
+        assert_eq!(fused_grid(&dims(1, 8, 0, 77, 64)).0, 0);
+        assert_eq!(fused_grid(&dims(0, 8, 10, 77, 64)).1, 0);
     }
 
     #[test]
@@ -186,6 +274,26 @@ mod tests {
         assert_eq!(query_block_rows(256 << 20, &s, 2), 4096);
         assert_eq!(query_block_rows(1, &s, 4), 1);
         assert_eq!(query_block_rows(usize::MAX, &s, 4), 5000);
+    }
+
+    #[test]
+    fn scale_splits_into_an_exact_power_of_two_and_a_rest_below_two() {
+        for d in [16usize, 40, 64, 80, 128, 512, 1024] {
+            let scale = 1.0 / (d as f64).sqrt();
+            let (pow2, rest) = split_scale(scale);
+            assert_eq!(pow2.log2().fract(), 0.0, "d {d}: {pow2} is not a power of two");
+            assert!((1.0..2.0).contains(&rest), "d {d}: rest {rest}");
+            assert!((pow2 * rest - scale).abs() <= 1e-15 * scale);
+            // Exact in f16 and bf16: q · pow2 loses nothing.
+            assert_eq!(half::f16::from_f64(pow2).to_f64(), pow2);
+            assert_eq!(half::bf16::from_f64(pow2).to_f64(), pow2);
+        }
+        assert_eq!(split_scale(0.125), (0.125, 1.0));
+        assert_eq!(split_scale(1.0), (1.0, 1.0));
+        // Far outside any head dim the exponent is clamped; odd scales go whole to the softmax.
+        assert_eq!(split_scale(1e-10).0, 2f64.powi(-8));
+        assert_eq!(split_scale(0.0), (1.0, 0.0));
+        assert_eq!(split_scale(-0.5), (1.0, -0.5));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Result};
 
-use super::{emit, emit_json, log};
-use crate::bench::{reset_peak, BenchOptions, BenchRow, SUITES};
+use super::{emit, emit_json};
 use crate::cli::BenchArgs;
+use crate::diagnostics::bench::{reset_peak, BenchOptions, BenchRow, SUITES};
 use crate::error::{exit, UsageError};
 
 pub fn run(a: BenchArgs) -> Result<u8> {
@@ -34,18 +34,18 @@ pub fn run(a: BenchArgs) -> Result<u8> {
     if chosen.is_empty() {
         bail!("no benchmark suites are registered");
     }
-    let device = crate::bench::device_name(&opts.device);
+    let device = crate::device::label(&opts.device);
     let sizes = if opts.quick { "reduced sizes" } else { "released sizes" };
-    let dtype = crate::bench::dtype_name(opts.dtype);
+    let dtype = crate::device::dtype_name(opts.dtype).to_string();
     let mut rows = Vec::new();
     if !a.json {
         emit(&header());
     }
     for (name, suite) in chosen {
-        log(&format!(
+        tracing::info!(
             "running bench suite {name} on {device} ({dtype}, {sizes}; {} iterations after a warm-up)",
             opts.iters
-        ));
+        );
         reset_peak();
         let mut got = suite(&opts)?;
         for r in &mut got {
@@ -56,7 +56,7 @@ pub fn run(a: BenchArgs) -> Result<u8> {
                 r.dtype = dtype.clone();
             }
             if r.peak_mem_mib.is_none() {
-                r.peak_mem_mib = crate::bench::peak_mem_mib(&opts.device);
+                r.peak_mem_mib = crate::diagnostics::bench::peak_mem_mib(&opts.device);
             }
             if !a.json {
                 emit(&table_line(r));

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 
-use super::{emit, emit_json, log};
+use super::{emit, emit_json};
 use crate::cli::{DeviceArg, FetchArgs};
 use crate::error::{exit, UsageError};
 use crate::generation::PipelineKind;
@@ -61,7 +61,7 @@ pub fn run(opts: FetchOptions) -> Result<u8> {
     let needs = pipeline_files(device, opts.fp16_vae);
     let wants = source.wants(&needs);
     let files = if source.offline {
-        log(&format!("HF_HUB_OFFLINE is set: verifying the cache {} only", source.cache_dir.display()));
+        tracing::info!("HF_HUB_OFFLINE is set: verifying the cache {} only", source.cache_dir.display());
         match hub::verify_offline(&source.cache_dir, &wants)? {
             Ok(files) => files,
             Err(problems) => {

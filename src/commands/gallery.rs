@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{emit, emit_json, log};
+use super::{emit, emit_json};
 use crate::cli::GalleryArgs;
 use crate::error::exit;
 use crate::store::{Store, StoreOptions};
@@ -49,13 +49,13 @@ pub fn run(opts: GalleryOptions) -> Result<u8> {
         }
     }
     if let Some(e) = &report.manifest_error {
-        log(&format!("warning: {e}"));
+        tracing::warn!("{e}");
     }
     if report.invalid > 0 {
-        log(&format!("{} invalid blob(s) in {}", report.invalid, report.store));
+        tracing::warn!("{} invalid blob(s) in {}", report.invalid, report.store);
     }
     if let Some((listener, addr)) = listener {
-        log(&format!("serving {} on http://{addr}/ (Ctrl-C to stop)", opts.out.display()));
+        tracing::info!(%addr, "serving {} on http://{addr}/ (Ctrl-C to stop)", opts.out.display());
         crate::gallery::serve::serve(listener, &opts.out)?;
     }
     Ok(if report.invalid > 0 { exit::USAGE } else { exit::OK })

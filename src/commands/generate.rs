@@ -73,17 +73,13 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
     let requests: Vec<_> =
         opts.concepts.iter().map(|c| request_for(c, catalog.as_ref(), opts.parts, opts.seed, opts.points)).collect();
     // A model run takes seconds on a GPU and minutes on a CPU: show that it is alive.
-    let spinner = if super::stderr_is_tty() && !opts.json {
-        let s = indicatif::ProgressBar::new_spinner().with_message(format!("generating {}", opts.concepts[0].text));
-        s.enable_steady_tick(std::time::Duration::from_millis(120));
-        s
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let spinner =
+        crate::progress::spinner(format!("generating {}", opts.concepts[0].text), super::stderr_is_tty() && !opts.json);
     // One line per concept, in the order given, each as soon as it and those before it are done.
     let lines = InOrder::new(|r: &ConceptResult| {
         if !opts.json {
-            spinner.suspend(|| emit(&human_line(r)));
+            // emit clears the spinner while it writes.
+            emit(&human_line(r));
         }
     });
     let batch = BatchOptions { jobs: default_cpu_workers(), force: opts.force, preview: opts.preview, review: None };

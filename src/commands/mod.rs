@@ -3,6 +3,7 @@
 //! usage/configuration errors and 1 otherwise.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 
@@ -60,17 +61,26 @@ impl From<&ModelArgs> for ModelOptions {
     }
 }
 
-/// A log line on stderr.
-pub fn log(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
-}
+/// Set once stdout is found closed: nothing more is printed.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
-/// Data on stdout; a closed pipe (`lumen stats | head`) is not an error.
+/// Data on stdout. A closed pipe (`lumen generate a b | head -1`) stops the output, not the
+/// work: it is remembered, nothing more is printed, and the command finishes (manifest,
+/// exit code) as it would have.
 pub fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{text}").and_then(|_| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    // With every progress bar cleared (a line on a terminal never tears a spinner); any
+    // warning after, outside that lock.
+    let written = crate::progress::suspend(|| {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}").and_then(|_| out.flush())
+    });
+    if let Err(e) = written {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            tracing::warn!("stdout: {e}; printing no more results");
         }
     }
 }

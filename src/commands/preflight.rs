@@ -13,9 +13,9 @@ use super::{emit, emit_json};
 use crate::asset::Asset;
 use crate::cli::{DtypeArg, PreflightArgs};
 use crate::concept::{Catalog, Concept};
+use crate::diagnostics::goldens::CaseResult;
 use crate::error::exit;
 use crate::generation::PipelineKind;
-use crate::goldens::CaseResult;
 use crate::pipeline::partcrafter::{select_device, ModelOptions, PartCrafterGenerator};
 use crate::shape::{build_asset, ProceduralGenerator, ShapeGenerator, ShapeRequest};
 use crate::store::{Store, StoreOptions};
@@ -125,9 +125,9 @@ fn goldens_checks(opts: &PreflightOptions, dir: &std::path::Path, cases: &mut Ve
     dtypes
         .into_iter()
         .map(|dtype| {
-            let name = format!("goldens {} on {}", crate::bench::dtype_name(dtype), crate::bench::device_name(&device));
+            let name = format!("goldens {} on {}", crate::device::dtype_name(dtype), crate::device::label(&device));
             check(&name, || {
-                let got = crate::goldens::run(dir, &device, dtype)?;
+                let got = crate::diagnostics::goldens::run(dir, &device, dtype)?;
                 let failed: Vec<String> = got
                     .iter()
                     .filter(|c| !c.pass)
@@ -165,102 +165,112 @@ fn golden_line(c: &CaseResult) -> String {
 }
 
 pub fn run(opts: PreflightOptions) -> Result<u8> {
-    let mut checks = Vec::new();
-    let store = Store::open(&opts.store, &StoreOptions::from_env());
-    checks.push(check("store", || {
-        let store = store.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        let rel = format!("preflight/{}-{}.json", std::process::id(), crate::time::now_rfc3339().replace(':', ""));
-        let body = format!("{{\"preflight\":\"{}\"}}", crate::time::now_rfc3339()).into_bytes();
-        store.put(&rel, body.clone(), true)?;
-        let back = store.get(&rel)?.context("the object written was not found when read back")?;
-        store.delete(&rel)?;
-        if back.as_ref() != body.as_slice() {
-            bail!("read back {} bytes that differ from the {} written", back.len(), body.len());
-        }
-        Ok(format!("{}: write, read back and delete round trip", store.url()))
-    }));
-    checks.push(check("device", || {
-        let device = select_device(opts.force_cpu)?;
-        let info = crate::device::describe(&device);
-        let summary = crate::device::self_check(&device)?;
-        Ok(format!("{} — {summary}", info.summary().trim_start_matches("device: ")))
-    }));
-    checks.push(check("catalog", || {
-        let c = Catalog::load(&opts.catalog)?;
-        let collisions = c.collisions();
-        if !collisions.is_empty() {
-            bail!("{} collision(s): {:?}", collisions.len(), collisions.iter().map(|c| &c.texts).collect::<Vec<_>>());
-        }
-        Ok(format!("{}: {} concepts, no collisions", opts.catalog.display(), c.entries.len()))
-    }));
-    checks.push(check("procedural end-to-end", || {
-        let concept = Concept::parse("chair")?;
-        let request = ShapeRequest { concept, parts: None, seed: 1, points: 2048, part_names: vec![] };
-        let mut timings = crate::stage::Timings::default();
-        let shape = ProceduralGenerator.generate(&request, &mut timings)?;
-        let asset = build_asset(&request, shape, timings)?;
-        let bytes = asset.to_json_bytes();
-        Asset::decode(&bytes)?;
-        Ok(format!(
-            "chair → {} parts, {} points, {} bytes, decodes",
-            asset.part_names.len(),
-            asset.num_points,
-            bytes.len()
-        ))
-    }));
-    if opts.pipeline == PipelineKind::PartCrafter {
-        let model = ModelOptions {
-            weights_dir: opts.weights.clone(),
-            force_cpu: opts.force_cpu,
-            steps: 1,
-            tokens: 16,
-            extract_depth: 5,
-            ..Default::default()
-        };
-        let headers = check(HEADERS_CHECK, || weights_headers(&model));
-        let headers_ok = headers.status == "ok";
-        checks.push(headers);
-        let mut loaded = None;
-        if headers_ok {
-            checks.push(check(LOAD_CHECK, || {
-                loaded = Some(PartCrafterGenerator::load(&model)?);
-                Ok("every stage loaded".into())
-            }));
-        } else {
-            checks.push(skipped(LOAD_CHECK, "the weights headers did not pass"));
-        }
-        match loaded {
-            Some(generator) => checks.push(check(RUN_CHECK, || tiny_model_run(&generator))),
-            None => checks.push(skipped(RUN_CHECK, "the pipeline did not load")),
-        }
-    } else {
-        checks.push(skipped(HEADERS_CHECK, "--pipeline procedural"));
-        checks.push(skipped(LOAD_CHECK, "--pipeline procedural"));
-        checks.push(skipped(RUN_CHECK, "--pipeline procedural"));
-    }
-
+    let mut checks = vec![
+        check("store", || store_round_trip(&opts.store)),
+        check("device", || device_check(opts.force_cpu)),
+        check("catalog", || catalog_check(&opts.catalog)),
+        check("procedural end-to-end", procedural_end_to_end),
+    ];
+    checks.extend(model_checks(&opts));
     let mut golden_cases = Vec::new();
     if let Some(dir) = &opts.goldens {
         checks.extend(goldens_checks(&opts, dir, &mut golden_cases));
     }
-
     let failed = checks.iter().filter(|c| c.status == "fail").count();
     if opts.json {
         emit_json(&serde_json::json!({ "ok": failed == 0, "checks": checks, "goldens": golden_cases }));
     } else {
-        for c in &checks {
-            emit(&format!("{:<8} {:<48} {:>8.1} ms  {}", c.status.to_uppercase(), c.name, c.ms, c.detail));
-        }
-        if !golden_cases.is_empty() {
-            emit(&format!(
-                "  {:<4} {:<12} {:<24} {:<7} {:<5} {:<28} {:<15} {:>10} {:>9}",
-                "", "component", "case", "device", "dtype", "worst output", "metric", "error", "tol"
-            ));
-            for c in &golden_cases {
-                emit(&golden_line(c));
-            }
-        }
-        emit(if failed == 0 { "preflight passed" } else { "preflight FAILED" });
+        print_report(&checks, &golden_cases, failed);
     }
     Ok(if failed == 0 { exit::OK } else { exit::PREFLIGHT })
+}
+
+/// Writes, reads back and deletes one small object.
+fn store_round_trip(url: &str) -> Result<String> {
+    let store = Store::open(url, &StoreOptions::from_env())?;
+    let rel = format!("preflight/{}-{}.json", std::process::id(), crate::time::now_rfc3339().replace(':', ""));
+    let body = format!("{{\"preflight\":\"{}\"}}", crate::time::now_rfc3339()).into_bytes();
+    store.put(&rel, body.clone(), true)?;
+    let back = store.get(&rel)?.context("the object written was not found when read back")?;
+    store.delete(&rel)?;
+    if back.as_ref() != body.as_slice() {
+        bail!("read back {} bytes that differ from the {} written", back.len(), body.len());
+    }
+    Ok(format!("{}: write, read back and delete round trip", store.url()))
+}
+
+fn device_check(force_cpu: bool) -> Result<String> {
+    let device = select_device(force_cpu)?;
+    let info = crate::device::describe(&device);
+    let summary = crate::diagnostics::self_check::self_check(&device)?;
+    Ok(format!("{} — {summary}", info.summary().trim_start_matches("device: ")))
+}
+
+fn catalog_check(path: &std::path::Path) -> Result<String> {
+    let c = Catalog::load(path)?;
+    let collisions = c.collisions();
+    if !collisions.is_empty() {
+        bail!("{} collision(s): {:?}", collisions.len(), collisions.iter().map(|c| &c.texts).collect::<Vec<_>>());
+    }
+    Ok(format!("{}: {} concepts, no collisions", path.display(), c.entries.len()))
+}
+
+fn procedural_end_to_end() -> Result<String> {
+    let concept = Concept::parse("chair")?;
+    let request = ShapeRequest { concept, parts: None, seed: 1, points: 2048, part_names: vec![] };
+    let mut timings = crate::stage::Timings::default();
+    let shape = ProceduralGenerator.generate(&request, &mut timings)?;
+    let asset = build_asset(&request, shape, timings)?;
+    let bytes = asset.to_json_bytes();
+    Asset::decode(&bytes)?;
+    Ok(format!("chair → {} parts, {} points, {} bytes, decodes", asset.part_names.len(), asset.num_points, bytes.len()))
+}
+
+/// Weights headers, then loading every stage, then one tiny concept; each needs the one
+/// before it, and all three are skipped for the procedural pipeline.
+fn model_checks(opts: &PreflightOptions) -> Vec<Check> {
+    if opts.pipeline != PipelineKind::PartCrafter {
+        return [HEADERS_CHECK, LOAD_CHECK, RUN_CHECK].iter().map(|n| skipped(n, "--pipeline procedural")).collect();
+    }
+    let model = ModelOptions {
+        weights_dir: opts.weights.clone(),
+        force_cpu: opts.force_cpu,
+        steps: 1,
+        tokens: 16,
+        extract_depth: 5,
+        ..Default::default()
+    };
+    let headers = check(HEADERS_CHECK, || weights_headers(&model));
+    let headers_ok = headers.status == "ok";
+    let mut checks = vec![headers];
+    let mut loaded = None;
+    if headers_ok {
+        checks.push(check(LOAD_CHECK, || {
+            loaded = Some(PartCrafterGenerator::load(&model)?);
+            Ok("every stage loaded".into())
+        }));
+    } else {
+        checks.push(skipped(LOAD_CHECK, "the weights headers did not pass"));
+    }
+    checks.push(match loaded {
+        Some(generator) => check(RUN_CHECK, || tiny_model_run(&generator)),
+        None => skipped(RUN_CHECK, "the pipeline did not load"),
+    });
+    checks
+}
+
+fn print_report(checks: &[Check], golden_cases: &[CaseResult], failed: usize) {
+    for c in checks {
+        emit(&format!("{:<8} {:<48} {:>8.1} ms  {}", c.status.to_uppercase(), c.name, c.ms, c.detail));
+    }
+    if !golden_cases.is_empty() {
+        emit(&format!(
+            "  {:<4} {:<12} {:<24} {:<7} {:<5} {:<28} {:<15} {:>10} {:>9}",
+            "", "component", "case", "device", "dtype", "worst output", "metric", "error", "tol"
+        ));
+        for c in golden_cases {
+            emit(&golden_line(c));
+        }
+    }
+    emit(if failed == 0 { "preflight passed" } else { "preflight FAILED" });
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::generate::human_line;
@@ -150,8 +150,8 @@ struct BatchProgress {
 
 impl BatchProgress {
     fn new(total: usize, bar: bool, lines_without_bar: bool) -> Self {
-        let target = if bar { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+        // In the shared set, so log lines suspend it.
+        let bar = crate::progress::bar(total as u64, bar);
         bar.set_style(ProgressStyle::with_template(PROGRESS_TEMPLATE).expect("valid template"));
         bar.enable_steady_tick(Duration::from_millis(200));
         let lines = bar.is_hidden() && lines_without_bar;

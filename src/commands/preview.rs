@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{emit, emit_json, log};
+use super::{emit, emit_json};
 use crate::asset::Asset;
 use crate::cli::PreviewArgs;
 use crate::concept::Concept;
@@ -117,7 +117,7 @@ pub fn run(opts: PreviewOptions) -> Result<u8> {
         ));
     }
     if invalid > 0 {
-        log(&format!("{invalid} invalid blob(s) in {}", store.url()));
+        tracing::warn!("{invalid} invalid blob(s) in {}", store.url());
         return Ok(exit::USAGE);
     }
     Ok(if missing > 0 { exit::FAILED } else { exit::OK })

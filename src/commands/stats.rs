@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{emit, emit_json, log};
+use super::{emit, emit_json};
 use crate::asset::Asset;
 use crate::error::exit;
 use crate::store::{Manifest, ManifestEntry, Store, StoreOptions};
@@ -78,7 +78,7 @@ pub fn run(store_url: &str, json: bool, repair: bool) -> Result<u8> {
         print_human(&report);
     }
     if !report.invalid.is_empty() {
-        log(&format!("{} invalid blob(s) in {}", report.invalid.len(), report.store));
+        tracing::warn!("{} invalid blob(s) in {}", report.invalid.len(), report.store);
         return Ok(exit::USAGE);
     }
     Ok(exit::OK)

@@ -1,21 +1,40 @@
 //! The candle side of the cuDNN path: a custom op that takes candle's CUDA storages, hands
-//! their device addresses to the thread's [`Engine`] and wraps the output back as a tensor.
+//! their device addresses to the device's [`Engine`] and wraps the output back as a tensor.
 //!
-//! Engines (a cuDNN handle, its plan cache and workspace) live in a thread-local map keyed by
-//! the CUDA stream, because cuDNN handles must not be shared between threads.
+//! Engines (a cuDNN handle, its plan cache and workspace) live in one process-wide map keyed
+//! by (device ordinal, stream), each behind a mutex: one per device for candle's default
+//! stream, however many threads convolve on it (a workspace per thread could take gigabytes
+//! of a 24 GB card on a 16-core host). The engine orders each call after the previous one.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::cudnn::{Buffers, Choice, ConvShape, ElemType, Engine};
-use super::Conv2dConfig;
+use super::{plan, Conv2dConfig};
 
-thread_local! {
-    static ENGINES: RefCell<HashMap<usize, Engine>> = RefCell::new(HashMap::new());
+type SharedEngine = Arc<Mutex<Engine>>;
+
+/// The engine of `stream`'s device and stream, created on first use.
+fn engine_for(stream: &Arc<CudaStream>) -> Result<SharedEngine> {
+    static ENGINES: OnceLock<Mutex<HashMap<(usize, usize), SharedEngine>>> = OnceLock::new();
+    let key = (stream.context().ordinal(), stream.cu_stream() as usize);
+    let mut engines = ENGINES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = engines.get(&key) {
+        return Ok(e.clone());
+    }
+    let engine = Arc::new(Mutex::new(Engine::new(stream.clone(), allow_tf32()).map_err(candle_core::Error::wrap)?));
+    engines.insert(key, engine.clone());
+    Ok(engine)
+}
+
+fn with_engine<R>(stream: &Arc<CudaStream>, f: impl FnOnce(&mut Engine) -> Result<R>) -> Result<R> {
+    let engine = engine_for(stream)?;
+    // A panic mid-call leaves descriptors and the workspace consistent: keep using it.
+    let mut guard = engine.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut guard)
 }
 
 /// Whether f32 convolutions may use TF32 tensor cores (torch's default); `LUMEN_CUDNN_TF32=0`
@@ -28,31 +47,22 @@ pub fn allow_tf32() -> bool {
 pub fn describe() -> String {
     let v = Engine::version();
     format!(
-        "cuDNN {}.{}.{} (algorithm measured once per shape and cached, one shared workspace, NCHW; f32 {})",
+        "cuDNN {}.{}.{} (algorithm measured once per shape and cached, one engine and workspace per device, NCHW; f32 {})",
         v / 10000,
         (v / 100) % 100,
         v % 100,
-        if allow_tf32() { "with TF32 tensor cores allowed" } else { "strict, TF32 off" }
+        if allow_tf32() { "with TF32 tensor cores allowed" } else { "strict, TF32 off, exact algorithms only" }
     )
 }
 
-fn with_engine<R>(stream: &Arc<CudaStream>, f: impl FnOnce(&mut Engine) -> Result<R>) -> Result<R> {
-    ENGINES.with(|engines| {
-        let mut engines = engines.borrow_mut();
-        let engine = match engines.entry(stream.cu_stream() as usize) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Engine::new(stream.clone(), allow_tf32()).map_err(candle_core::Error::wrap)?)
-            }
-        };
-        f(engine)
-    })
-}
-
-/// The algorithm this thread's engine chose for a convolution of `x` by `weight`, once it ran.
+/// The algorithm the device's engine chose for a convolution of `x` by `weight`, once it ran.
 pub fn chosen(x: &Tensor, weight: &Tensor, bias: bool, cfg: &Conv2dConfig) -> Result<Option<Choice>> {
     let candle_core::Device::Cuda(dev) = x.device() else { return Ok(None) };
-    let Some(shape) = conv_shape(x, weight, bias, cfg)? else { return Ok(None) };
+    // `conv2d` makes non-contiguous operands contiguous (a fresh, aligned buffer) first.
+    let offset = |t: &Tensor| if t.is_contiguous() { byte_offset(t) } else { 0 };
+    let Some(shape) = conv_shape(x, weight, bias, cfg, plan::alignment(&[offset(x), offset(weight)]))? else {
+        return Ok(None);
+    };
     with_engine(&dev.cuda_stream(), |e| Ok(e.choice(&shape).cloned()))
 }
 
@@ -65,9 +75,10 @@ fn elem_type(dtype: DType) -> Option<ElemType> {
     }
 }
 
-/// The cuDNN geometry of this call, or `None` where cuDNN is not used (other dtypes,
-/// sizes past its 32-bit descriptors): candle's convolution runs instead.
-fn conv_shape(x: &Tensor, weight: &Tensor, bias: bool, cfg: &Conv2dConfig) -> Result<Option<ConvShape>> {
+/// The cuDNN geometry of this call at buffer alignment `align` (bytes), or `None` where
+/// cuDNN is not used (other dtypes, sizes past its 32-bit descriptors): candle's
+/// convolution runs instead.
+fn conv_shape(x: &Tensor, weight: &Tensor, bias: bool, cfg: &Conv2dConfig, align: usize) -> Result<Option<ConvShape>> {
     let (batch, c_in, h, w) = x.dims4()?;
     let (c_out, c_in_g, k_h, k_w) = weight.dims4()?;
     if c_in_g * cfg.groups != c_in {
@@ -88,22 +99,33 @@ fn conv_shape(x: &Tensor, weight: &Tensor, bias: bool, cfg: &Conv2dConfig) -> Re
         groups: cfg.groups,
         dtype,
         bias,
+        align,
     };
     Ok(shape.fits().then_some(shape))
 }
 
+/// Byte offset of a contiguous tensor's first element in its buffer.
+fn byte_offset(t: &Tensor) -> usize {
+    t.layout().start_offset() * t.dtype().size_in_bytes()
+}
+
 /// y = conv(x, weight) + bias through cuDNN; `None` when this call is left to candle.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Option<Tensor>> {
-    let Some(shape) = conv_shape(x, weight, bias.is_some(), cfg)? else { return Ok(None) };
-    let op = CudnnConv { shape };
     // cuDNN is given dense NCHW buffers; `contiguous` is free when they already are.
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    let y = match bias {
+    let bias = bias.map(|b| b.contiguous()).transpose()?;
+    let mut offsets = vec![byte_offset(&x), byte_offset(&weight)];
+    offsets.extend(bias.as_ref().map(byte_offset));
+    let Some(shape) = conv_shape(&x, &weight, bias.is_some(), cfg, plan::alignment(&offsets))? else {
+        return Ok(None);
+    };
+    let op = CudnnConv { shape };
+    let y = match &bias {
         Some(b) => {
             if b.dims1()? != shape.c_out || b.dtype() != x.dtype() {
                 bail!("conv2d: bias {:?} {:?} for {} output channels", b.dims(), b.dtype(), shape.c_out);
             }
-            x.apply_op3_no_bwd(&weight, &b.contiguous()?, &op)?
+            x.apply_op3_no_bwd(&weight, b, &op)?
         }
         None => x.apply_op2_no_bwd(&weight, &op)?,
     };

@@ -4,18 +4,28 @@
 //! Why not candle's `cudnn` feature: candle 0.11.1 runs cuDNN's heuristic algorithm picker and
 //! allocates and zeroes a fresh workspace on every call (≈3–5 ms a call in f16 at batch 1,
 //! more than the convolution itself). Here, as torch does in benchmark mode:
-//! - the first call at a (shape, dtype) builds the descriptors and *measures* every algorithm
-//!   that fits the workspace cap (`cudnnFindConvolutionForwardAlgorithmEx`), and the fastest
-//!   one is kept with its descriptors for the life of the [`Engine`];
-//! - one workspace buffer grows to the largest size any plan needs and is reused;
-//! - the handle is bound once to the stream candle computes on, so no synchronisation is added.
+//! - the first call at a plan key ([`ConvShape`]: geometry, dtype, buffer alignment) builds
+//!   the descriptors and *measures* every algorithm that fits the workspace cap
+//!   (`cudnnFindConvolutionForwardAlgorithmEx`), and the fastest acceptable one is kept with
+//!   its descriptors for the life of the [`Engine`] (strict f32 accepts only exact
+//!   algorithms: `plan::eligible`);
+//! - an out-of-memory during the measurement retries with a quarter of the cap, then with no
+//!   workspace (`plan::workspace_caps`);
+//! - one workspace buffer is reused; after each measurement it shrinks to the largest need
+//!   of the chosen algorithms (`plan::retained_workspace`), not the measurement's peak;
+//! - one engine per device and stream, shared by every thread behind a mutex (the caller
+//!   keeps it), its handle bound once to the stream candle computes on. candle's default
+//!   stream is per thread, so each call first makes the caller's stream wait for the
+//!   previous call's event: the shared workspace is never used by two streams at once.
 //!
 //! Numerics (mirroring torch's defaults): f16/bf16 accumulate in f32 with tensor cores
 //! allowed; f32 allows TF32 tensor-core math (`allow_tf32`, torch's
-//! `torch.backends.cudnn.allow_tf32 = True`), otherwise strict FMA math.
+//! `torch.backends.cudnn.allow_tf32 = True`), otherwise strict FMA math with exact
+//! algorithms only.
 //!
 //! This file only knows cudarc (raw device addresses in, raw device addresses out); the
-//! candle side (storages, layouts, dtype dispatch) is in `conv/cuda_op.rs`.
+//! candle side (storages, layouts, dtype dispatch) is in `conv/cuda_op.rs`, the decisions
+//! that need no GPU in `conv/plan.rs`.
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
@@ -23,84 +33,16 @@ use std::sync::Arc;
 
 use cudarc::cudnn::result::{self, CudnnError};
 use cudarc::cudnn::sys;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut, DriverError};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut, DriverError};
 
-/// Largest workspace an algorithm may use; algorithms that want more are not measured.
-/// (The FFT algorithms can ask for gigabytes at 512² and are rarely the fastest.)
-pub const WORKSPACE_CAP_BYTES: usize = 1 << 30;
+use super::plan::{self, Algo, Measured};
+pub use super::plan::{ConvShape, ElemType, WORKSPACE_CAP_BYTES};
 
-/// Element types cuDNN runs for lumen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ElemType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl ElemType {
-    fn data_type(self) -> sys::cudnnDataType_t {
-        match self {
-            ElemType::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-            ElemType::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
-            ElemType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
-        }
-    }
-}
-
-/// One convolution call's geometry: input (batch, c_in, h, w) and filter
-/// (c_out, c_in / groups, k_h, k_w), both contiguous NCHW. The plan cache key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConvShape {
-    pub batch: usize,
-    pub c_in: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c_out: usize,
-    pub k_h: usize,
-    pub k_w: usize,
-    pub padding: usize,
-    pub stride: usize,
-    pub dilation: usize,
-    pub groups: usize,
-    pub dtype: ElemType,
-    pub bias: bool,
-}
-
-impl ConvShape {
-    /// Output (h, w), the same formula as candle's and torch's.
-    pub fn out_hw(&self) -> (usize, usize) {
-        let out = |n: usize, k: usize| (n + 2 * self.padding - self.dilation * (k - 1) - 1) / self.stride + 1;
-        (out(self.h, self.k_h), out(self.w, self.k_w))
-    }
-
-    /// Output element count.
-    pub fn out_len(&self) -> usize {
-        let (ho, wo) = self.out_hw();
-        self.batch * self.c_out * ho * wo
-    }
-
-    /// Whether cuDNN's 32-bit descriptors can describe it (and the geometry is valid).
-    pub fn fits(&self) -> bool {
-        let small = |n: usize| n > 0 && n < i32::MAX as usize;
-        let (ho, wo) = self.out_hw_checked().unwrap_or((0, 0));
-        [self.batch, self.c_in, self.h, self.w, self.c_out, self.k_h, self.k_w, self.stride, self.dilation, self.groups]
-            .into_iter()
-            .all(small)
-            && small(ho)
-            && small(wo)
-            && self.c_in % self.groups == 0
-            && self.c_out % self.groups == 0
-            && small(self.batch * self.c_in * self.h * self.w)
-            && small(self.out_len())
-    }
-
-    fn out_hw_checked(&self) -> Option<(usize, usize)> {
-        let span = |k: usize| self.dilation.checked_mul(k.checked_sub(1)?)?.checked_add(1);
-        let (sh, sw) = (span(self.k_h)?, span(self.k_w)?);
-        if self.h + 2 * self.padding < sh || self.w + 2 * self.padding < sw || self.stride == 0 {
-            return None;
-        }
-        Some(self.out_hw())
+fn data_type(e: ElemType) -> sys::cudnnDataType_t {
+    match e {
+        ElemType::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        ElemType::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
+        ElemType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
     }
 }
 
@@ -123,7 +65,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::Cudnn(what, e) => write!(f, "cuDNN {what}: {e}"),
             Error::Driver(e) => write!(f, "CUDA driver: {e}"),
-            Error::NoAlgorithm(s) => write!(f, "cuDNN found no forward algorithm for {s:?}"),
+            Error::NoAlgorithm(s) => write!(f, "cuDNN found no acceptable forward algorithm for {s:?}"),
             Error::OutputMismatch { ours, cudnn } => {
                 write!(f, "cuDNN output size {cudnn:?} differs from the expected {ours:?}")
             }
@@ -132,6 +74,17 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// A failed allocation, by the driver or inside cuDNN: worth retrying with less workspace.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            Error::Cudnn(_, e) => plan::cudnn_status_is_out_of_memory(e.0 as u32),
+            Error::Driver(e) => e.0 as u32 == plan::DRIVER_OUT_OF_MEMORY,
+            _ => false,
+        }
+    }
+}
 
 impl From<DriverError> for Error {
     fn from(e: DriverError) -> Self {
@@ -182,7 +135,7 @@ impl Plan {
 
     fn describe(s: &ConvShape, allow_tf32: bool) -> Result<Self, Error> {
         let i = |n: usize| n as c_int;
-        let dt = s.dtype.data_type();
+        let dt = data_type(s.dtype);
         let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         let (ho, wo) = s.out_hw();
         let mut p = Plan::empty();
@@ -264,7 +217,7 @@ fn requested_math(dtype: ElemType, allow_tf32: bool) -> sys::cudnnMathType_t {
     }
 }
 
-/// Every forward algorithm cuDNN 9 enumerates.
+/// Every forward algorithm cuDNN 9 enumerates, indexed by [`Algo`]'s value.
 const ALGOS: [sys::cudnnConvolutionFwdAlgo_t; 8] = [
     sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
     sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
@@ -276,6 +229,15 @@ const ALGOS: [sys::cudnnConvolutionFwdAlgo_t; 8] = [
     sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
 ];
 
+fn sys_algo(a: Algo) -> sys::cudnnConvolutionFwdAlgo_t {
+    ALGOS[a as usize]
+}
+
+/// `None` for a value this build does not know (never chosen).
+fn algo_of(a: sys::cudnnConvolutionFwdAlgo_t) -> Option<Algo> {
+    Algo::ALL.into_iter().find(|x| *x as u32 == a as u32)
+}
+
 /// Device addresses of one call's buffers (contiguous NCHW, already at their offsets).
 #[derive(Debug, Clone, Copy)]
 pub struct Buffers {
@@ -286,22 +248,29 @@ pub struct Buffers {
     pub y: u64,
 }
 
-/// A cuDNN handle bound to one stream, its plan cache and its workspace. Not `Send`: cuDNN
-/// handles belong to one thread (kept in a thread-local by the caller).
+/// A cuDNN handle bound to one stream, its plan cache and its workspace; shared by the
+/// threads of a device behind a mutex (see the module note).
 pub struct Engine {
     handle: sys::cudnnHandle_t,
     stream: Arc<CudaStream>,
     plans: HashMap<ConvShape, Plan>,
     workspace: Option<CudaSlice<u8>>,
+    /// Recorded after every call's last kernel; the next call's stream waits for it.
+    last_use: Option<CudaEvent>,
     allow_tf32: bool,
 }
+
+// SAFETY: cuDNN allows a handle (and its descriptors) to be used from any host thread as long
+// as no two threads use it at once; the engine is only reached through a mutex, and every
+// call orders its stream after the previous call's work (`last_use`).
+unsafe impl Send for Engine {}
 
 impl Engine {
     pub fn new(stream: Arc<CudaStream>, allow_tf32: bool) -> Result<Self, Error> {
         stream.context().bind_to_thread()?;
         let handle = result::create_handle().at("create handle")?;
         // Own the handle before anything else can fail, so that drop destroys it.
-        let engine = Self { handle, stream, plans: HashMap::new(), workspace: None, allow_tf32 };
+        let engine = Self { handle, stream, plans: HashMap::new(), workspace: None, last_use: None, allow_tf32 };
         unsafe { result::set_stream(handle, engine.stream.cu_stream() as sys::cudaStream_t) }.at("set stream")?;
         Ok(engine)
     }
@@ -316,67 +285,106 @@ impl Engine {
         self.plans.get(shape).and_then(|p| p.choice.as_ref())
     }
 
+    /// Bytes of workspace the engine holds now.
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.as_ref().map_or(0, |w| w.len())
+    }
+
     /// y = conv(x, w) [+ bias], queued on the engine's stream. On the first call at a shape
     /// the algorithms are measured (using `b.y` as scratch output) and the returned flag is true.
     ///
     /// # Safety
     /// The addresses must be live device allocations on this engine's context holding
     /// `shape`'s element type and counts (x: batch·c_in·h·w, w: c_out·c_in/groups·k_h·k_w,
-    /// bias: c_out, y: `shape.out_len()`), used by no other stream until this work is done.
+    /// bias: c_out, y: `shape.out_len()`), at `shape.align`, used by no other stream until
+    /// this work is done.
     pub unsafe fn forward(&mut self, shape: &ConvShape, b: &Buffers) -> Result<bool, Error> {
-        let measured = if self.plans.contains_key(shape) {
-            false
-        } else {
-            let plan = Plan::describe(shape, self.allow_tf32)?;
+        self.stream.context().bind_to_thread()?;
+        if let Some(event) = &self.last_use {
+            // The previous call may have run on another thread's stream.
+            self.stream.wait(event)?;
+        }
+        let measured = !self.plans.contains_key(shape);
+        if measured {
+            let mut plan = Plan::describe(shape, self.allow_tf32)?;
+            plan.choice = Some(self.search(&plan, shape, b)?);
             self.plans.insert(*shape, plan);
-            true
-        };
-        let Self { handle, stream, plans, workspace, allow_tf32 } = self;
-        let plan = plans.get_mut(shape).expect("inserted above");
-        if plan.choice.is_none() {
-            plan.choice = Some(find_algorithm(*handle, stream, workspace, plan, shape, b, *allow_tf32)?);
+            let keep =
+                plan::retained_workspace(self.plans.values().filter_map(|p| Some(p.choice.as_ref()?.workspace_bytes)));
+            shrink_workspace(&self.stream, &mut self.workspace, keep)?;
         }
-        let choice = plan.choice.as_ref().expect("set above");
-        ensure_workspace(stream, workspace, choice.workspace_bytes)?;
-        let (one, zero) = (1f32, 0f32);
-        let (ws_ptr, _ws_guard) = match workspace.as_mut() {
-            Some(ws) if choice.workspace_bytes > 0 => {
-                let (p, g) = ws.device_ptr_mut(stream);
-                (p as *mut c_void, Some(g))
-            }
-            _ => (std::ptr::null_mut(), None),
-        };
-        result::convolution_forward(
-            *handle,
-            &one as *const f32 as *const c_void,
-            plan.x,
-            b.x as *const c_void,
-            plan.w,
-            b.w as *const c_void,
-            plan.conv,
-            choice.algo,
-            ws_ptr,
-            choice.workspace_bytes,
-            &zero as *const f32 as *const c_void,
-            plan.y,
-            b.y as *mut c_void,
-        )
-        .at("convolution forward")?;
-        if let (Some(desc), Some(bias)) = (plan.bias, b.bias) {
-            // y = 1·bias (broadcast over n, h, w) + 1·y.
-            sys::cudnnAddTensor(
-                *handle,
-                &one as *const f32 as *const c_void,
-                desc,
-                bias as *const c_void,
-                &one as *const f32 as *const c_void,
-                plan.y,
-                b.y as *mut c_void,
-            )
-            .result()
-            .at("bias add")?;
-        }
+        let Self { handle, stream, plans, workspace, .. } = self;
+        let plan = plans.get(shape).expect("inserted above");
+        let choice = plan.choice.as_ref().expect("set when inserted");
+        grow_workspace(stream, workspace, choice.workspace_bytes)?;
+        run(*handle, stream, workspace, plan, choice, b)?;
+        self.record_use()?;
         Ok(measured)
+    }
+
+    fn record_use(&mut self) -> Result<(), Error> {
+        if self.last_use.is_none() {
+            self.last_use = Some(self.stream.context().new_event(None)?);
+        }
+        self.last_use.as_ref().expect("set above").record(&self.stream)?;
+        Ok(())
+    }
+
+    /// Measures the algorithms at the largest workspace cap that can be allocated and returns
+    /// the fastest acceptable one, with the math type it ran in.
+    unsafe fn search(&mut self, plan: &Plan, shape: &ConvShape, b: &Buffers) -> Result<Choice, Error> {
+        let strict_f32 = shape.dtype == ElemType::F32 && !self.allow_tf32;
+        // Unsupported algorithms report an error status here; they are left out.
+        let sizes: Vec<(Algo, usize)> = Algo::ALL
+            .into_iter()
+            .filter_map(|a| {
+                let got = result::get_convolution_forward_workspace_size(
+                    self.handle,
+                    plan.x,
+                    plan.w,
+                    plan.conv,
+                    plan.y,
+                    sys_algo(a),
+                );
+                Some((a, got.ok()?))
+            })
+            .collect();
+        let mut out_of_memory = None;
+        for (attempt, cap) in plan::workspace_caps(WORKSPACE_CAP_BYTES).into_iter().enumerate() {
+            let need = plan::measurement_workspace(&sizes, cap, strict_f32);
+            // First try: keep a larger buffer other plans use; retries: release down to `need`.
+            let sized = if attempt == 0 {
+                grow_workspace(&self.stream, &mut self.workspace, need)
+            } else {
+                fit_workspace(&self.stream, &mut self.workspace, need)
+            };
+            let measured = sized.and_then(|()| measure(self.handle, &self.stream, &mut self.workspace, plan, b));
+            let (perf, ws_len) = match measured {
+                Err(e) if e.is_out_of_memory() => {
+                    tracing::warn!(?shape, workspace_cap = cap, error = %e, "cuDNN algorithm search out of memory; retrying with less workspace");
+                    out_of_memory = Some(e);
+                    continue;
+                }
+                other => other?,
+            };
+            let results: Vec<Measured> = perf.iter().filter_map(measured_of).collect();
+            let Some(best) = plan::pick(&results, ws_len, strict_f32) else {
+                // A smaller cap only removes candidates.
+                return Err(Error::NoAlgorithm(*shape));
+            };
+            let raw = perf.iter().find(|p| algo_of(p.algo) == Some(results[best].algo)).expect("same list");
+            // Run in the math type the measurement used (as torch does), unless f32 must stay strict.
+            let math = if strict_f32 { sys::cudnnMathType_t::CUDNN_FMA_MATH } else { raw.mathType };
+            result::set_convolution_math_type(plan.conv, math).at("math type")?;
+            return Ok(Choice {
+                algo: raw.algo,
+                math,
+                time_ms: raw.time,
+                workspace_bytes: raw.memory,
+                candidates: perf.len(),
+            });
+        }
+        Err(out_of_memory.unwrap_or(Error::NoAlgorithm(*shape)))
     }
 }
 
@@ -388,119 +396,141 @@ impl Drop for Engine {
     }
 }
 
-/// Grows the shared workspace to at least `bytes` (never shrinks it).
-fn ensure_workspace(
+/// A measurement result as `plan` sees it (`None` for an algorithm this build does not know).
+fn measured_of(p: &sys::cudnnConvolutionFwdAlgoPerf_t) -> Option<Measured> {
+    Some(Measured {
+        algo: algo_of(p.algo)?,
+        ok: p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS,
+        time_ms: p.time,
+        workspace_bytes: p.memory,
+    })
+}
+
+/// The workspace pointer and length a cuDNN call may use, with the guard that records the use.
+fn workspace_arg<'a>(
+    stream: &'a Arc<CudaStream>,
+    workspace: &'a mut Option<CudaSlice<u8>>,
+    bytes: usize,
+) -> (*mut c_void, Option<cudarc::driver::SyncOnDrop<'a>>) {
+    match workspace.as_mut() {
+        Some(ws) if bytes > 0 => {
+            let (p, g) = ws.device_ptr_mut(stream);
+            (p as *mut c_void, Some(g))
+        }
+        _ => (std::ptr::null_mut(), None),
+    }
+}
+
+/// The convolution and the bias add of a planned shape.
+unsafe fn run(
+    handle: sys::cudnnHandle_t,
+    stream: &Arc<CudaStream>,
+    workspace: &mut Option<CudaSlice<u8>>,
+    plan: &Plan,
+    choice: &Choice,
+    b: &Buffers,
+) -> Result<(), Error> {
+    let (one, zero) = (1f32, 0f32);
+    let (ws_ptr, _ws_guard) = workspace_arg(stream, workspace, choice.workspace_bytes);
+    result::convolution_forward(
+        handle,
+        &one as *const f32 as *const c_void,
+        plan.x,
+        b.x as *const c_void,
+        plan.w,
+        b.w as *const c_void,
+        plan.conv,
+        choice.algo,
+        ws_ptr,
+        choice.workspace_bytes,
+        &zero as *const f32 as *const c_void,
+        plan.y,
+        b.y as *mut c_void,
+    )
+    .at("convolution forward")?;
+    if let (Some(desc), Some(bias)) = (plan.bias, b.bias) {
+        // y = 1·bias (broadcast over n, h, w) + 1·y.
+        sys::cudnnAddTensor(
+            handle,
+            &one as *const f32 as *const c_void,
+            desc,
+            bias as *const c_void,
+            &one as *const f32 as *const c_void,
+            plan.y,
+            b.y as *mut c_void,
+        )
+        .result()
+        .at("bias add")?;
+    }
+    Ok(())
+}
+
+/// Grows the shared workspace to at least `bytes`.
+fn grow_workspace(stream: &Arc<CudaStream>, workspace: &mut Option<CudaSlice<u8>>, bytes: usize) -> Result<(), Error> {
+    let have = workspace.as_ref().map_or(0, |w| w.len());
+    if bytes > have {
+        fit_workspace(stream, workspace, bytes)?;
+    }
+    Ok(())
+}
+
+/// Shrinks the shared workspace to `bytes` when it holds more.
+fn shrink_workspace(
     stream: &Arc<CudaStream>,
     workspace: &mut Option<CudaSlice<u8>>,
     bytes: usize,
 ) -> Result<(), Error> {
     let have = workspace.as_ref().map_or(0, |w| w.len());
-    if bytes > have {
-        // Release the old buffer first so both never need to fit at once.
-        *workspace = None;
+    if bytes < have {
+        fit_workspace(stream, workspace, bytes)?;
+    }
+    Ok(())
+}
+
+/// Replaces the shared workspace by one of exactly `bytes` (none for 0).
+fn fit_workspace(stream: &Arc<CudaStream>, workspace: &mut Option<CudaSlice<u8>>, bytes: usize) -> Result<(), Error> {
+    if workspace.as_ref().map_or(0, |w| w.len()) == bytes {
+        return Ok(());
+    }
+    // Release the old buffer first (freed in stream order) so both never need to fit at once.
+    *workspace = None;
+    if bytes > 0 {
         // cuDNN never reads workspace contents it did not write: no zeroing needed.
         *workspace = Some(unsafe { stream.alloc::<u8>(bytes) }?);
     }
     Ok(())
 }
 
-/// Measures every algorithm whose workspace fits [`WORKSPACE_CAP_BYTES`] on the real
-/// buffers and returns the fastest that succeeded, with the math type it ran in.
-unsafe fn find_algorithm(
+/// `cudnnFindConvolutionForwardAlgorithmEx` on the real buffers with the workspace held now:
+/// the results (sorted by time) and the workspace length they were given.
+unsafe fn measure(
     handle: sys::cudnnHandle_t,
     stream: &Arc<CudaStream>,
     workspace: &mut Option<CudaSlice<u8>>,
     plan: &Plan,
-    shape: &ConvShape,
     b: &Buffers,
-    allow_tf32: bool,
-) -> Result<Choice, Error> {
-    // The workspace the measurement may use: the largest need under the cap.
-    let mut need = 0usize;
-    for algo in ALGOS {
-        // Unsupported algorithms report an error status here; they are skipped.
-        if let Ok(bytes) =
-            result::get_convolution_forward_workspace_size(handle, plan.x, plan.w, plan.conv, plan.y, algo)
-        {
-            if bytes <= WORKSPACE_CAP_BYTES {
-                need = need.max(bytes);
-            }
-        }
-    }
-    ensure_workspace(stream, workspace, need)?;
+) -> Result<(Vec<sys::cudnnConvolutionFwdAlgoPerf_t>, usize), Error> {
     let ws_len = workspace.as_ref().map_or(0, |w| w.len());
     let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; ALGOS.len()] = std::mem::zeroed();
     let mut returned: c_int = 0;
-    {
-        let (ws_ptr, _guard) = match workspace.as_mut() {
-            Some(ws) if ws_len > 0 => {
-                let (p, g) = ws.device_ptr_mut(stream);
-                (p as *mut c_void, Some(g))
-            }
-            _ => (std::ptr::null_mut(), None),
-        };
-        sys::cudnnFindConvolutionForwardAlgorithmEx(
-            handle,
-            plan.x,
-            b.x as *const c_void,
-            plan.w,
-            b.w as *const c_void,
-            plan.conv,
-            plan.y,
-            b.y as *mut c_void,
-            ALGOS.len() as c_int,
-            &mut returned,
-            perf.as_mut_ptr(),
-            ws_ptr,
-            ws_len,
-        )
-        .result()
-        .at("find forward algorithm")?;
-    }
-    // Results come sorted by time; the first successful one that fits is the fastest.
+    let (ws_ptr, _guard) = workspace_arg(stream, workspace, ws_len);
+    sys::cudnnFindConvolutionForwardAlgorithmEx(
+        handle,
+        plan.x,
+        b.x as *const c_void,
+        plan.w,
+        b.w as *const c_void,
+        plan.conv,
+        plan.y,
+        b.y as *mut c_void,
+        ALGOS.len() as c_int,
+        &mut returned,
+        perf.as_mut_ptr(),
+        ws_ptr,
+        ws_len,
+    )
+    .result()
+    .at("find forward algorithm")?;
     let returned = (returned.max(0) as usize).min(perf.len());
-    let best = perf[..returned]
-        .iter()
-        .find(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && p.memory <= ws_len)
-        .ok_or(Error::NoAlgorithm(*shape))?;
-    // Run in the math type the measurement used (as torch does), unless f32 must stay strict.
-    let strict_f32 = shape.dtype == ElemType::F32 && !allow_tf32;
-    let math = if strict_f32 { sys::cudnnMathType_t::CUDNN_FMA_MATH } else { best.mathType };
-    result::set_convolution_math_type(plan.conv, math).at("math type")?;
-    Ok(Choice { algo: best.algo, math, time_ms: best.time, workspace_bytes: best.memory, candidates: returned })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shape(h: usize, k: usize, padding: usize, stride: usize, dilation: usize) -> ConvShape {
-        ConvShape {
-            batch: 1,
-            c_in: 8,
-            h,
-            w: h + 1,
-            c_out: 4,
-            k_h: k,
-            k_w: k,
-            padding,
-            stride,
-            dilation,
-            groups: 1,
-            dtype: ElemType::F32,
-            bias: true,
-        }
-    }
-
-    /// The output size formula against the shapes the models use (checked by hand).
-    #[test]
-    fn output_sizes() {
-        assert_eq!(shape(64, 3, 1, 1, 1).out_hw(), (64, 65));
-        assert_eq!(shape(64, 3, 1, 2, 1).out_hw(), (32, 33));
-        assert_eq!(shape(1024, 3, 1, 2, 1).out_hw(), (512, 513));
-        assert_eq!(shape(32, 3, 8, 1, 8).out_hw(), (32, 33));
-        assert_eq!(shape(64, 1, 0, 1, 1).out_hw(), (64, 65));
-        assert!(shape(64, 3, 1, 1, 1).fits());
-        assert!(!shape(2, 3, 0, 1, 2).fits(), "a 5-wide dilated kernel does not fit a 2-row input");
-    }
+    Ok((perf[..returned].to_vec(), ws_len))
 }

@@ -315,12 +315,15 @@ __device__ __forceinline__ void softmax_rows(const T* __restrict__ s, T* __restr
     float m = -INFINITY;
     for (int j = threadIdx.x; j < visible; j += blockDim.x) m = fmaxf(m, H::to_float(s[j]) * scale_log2);
     m = block_reduce<true>(m, scratch);
+    // A row whose visible scores are all -inf (or that sees no key) would give exp2(-inf + inf)
+    // = NaN: with base 0 every p is 0 and the row is zeros, as in the fused kernel.
+    const float base = m == -INFINITY ? 0.f : m;
     float sum = 0.f;
-    for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += fast_exp2(H::to_float(s[j]) * scale_log2 - m);
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += fast_exp2(H::to_float(s[j]) * scale_log2 - base);
     sum = block_reduce<false>(sum, scratch);
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
     for (int j = threadIdx.x; j < lk; j += blockDim.x)
-        p[j] = H::from_float(j < visible ? fast_exp2(H::to_float(s[j]) * scale_log2 - m) * inv : 0.f);
+        p[j] = H::from_float(j < visible ? fast_exp2(H::to_float(s[j]) * scale_log2 - base) * inv : 0.f);
 }
 
 }  // namespace

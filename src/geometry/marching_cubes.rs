@@ -107,6 +107,7 @@ fn cell_triangles(cell: [u32; 3], f: &[f32; 8], level: f32, dims: [usize; 3], ou
                 let (a0, c0, b0, d0) = (v[p] as f64, v[p + 2] as f64, v[q] as f64, v[(q + 2) % 4] as f64);
                 let saddle = (a0 * c0 - b0 * d0) / (a0 + c0 - b0 - d0);
                 let joined = saddle > 0.0;
+                #[allow(clippy::needless_range_loop)] // corner i and its neighbour (i + 3) % 4
                 for i in 0..4 {
                     // Cut off corner i when it is on the separated side.
                     if s[i] != joined {

@@ -138,6 +138,38 @@ pub fn torus(c: [f32; 3], axis: [f32; 3], big: f32, small: f32) -> TriMesh {
     TriMesh::new(vertices, faces)
 }
 
+/// Splits every triangle into four (midpoint subdivision), keeping the surface.
+pub fn subdivide(m: &TriMesh) -> TriMesh {
+    let mut vertices = m.vertices.clone();
+    let mut faces = Vec::with_capacity(m.faces.len() * 4);
+    for f in &m.faces {
+        let mid = |a: u32, b: u32, v: &mut Vec<[f32; 3]>| {
+            let (p, q) = (v[a as usize], v[b as usize]);
+            v.push([(p[0] + q[0]) / 2.0, (p[1] + q[1]) / 2.0, (p[2] + q[2]) / 2.0]);
+            v.len() as u32 - 1
+        };
+        let (ab, bc, ca) =
+            (mid(f[0], f[1], &mut vertices), mid(f[1], f[2], &mut vertices), mid(f[2], f[0], &mut vertices));
+        faces.extend([[f[0], ab, ca], [ab, f[1], bc], [ca, bc, f[2]], [ab, bc, ca]]);
+    }
+    TriMesh::new(vertices, faces)
+}
+
+pub fn refine(m: TriMesh, levels: usize) -> TriMesh {
+    (0..levels).fold(m, |m, _| subdivide(&m))
+}
+
+/// Four refined parts, about 200 k triangles in all: the fixture of the sampling tests and
+/// of `lumen bench sampling`.
+pub fn four_part_test_meshes() -> Vec<TriMesh> {
+    vec![
+        refine(ellipsoid([0.0, 0.5, 0.0], [1.0, 0.5, 0.6]), 4),
+        refine(sphere([1.2, 0.9, 0.0], 0.35), 3),
+        refine(cylinder([-0.6, 0.0, 0.3], [-0.6, -0.9, 0.3], 0.12), 5),
+        refine(torus([0.0, 1.1, 0.0], [0.0, 1.0, 0.0], 0.5, 0.08), 3),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -243,6 +243,7 @@ impl Soa {
         let mut best = [f32::INFINITY; LANES];
         let n = self.x.len() / LANES * LANES;
         for c in (0..n).step_by(LANES) {
+            #[allow(clippy::needless_range_loop)] // one lane per index: the loop the compiler vectorises
             for l in 0..LANES {
                 let (dx, dy, dz) = (self.x[c + l] - p[0], self.y[c + l] - p[1], self.z[c + l] - p[2]);
                 let d = dx * dx + dy * dy + dz * dz;
@@ -399,7 +400,8 @@ mod tests {
     /// The pruned nearest-other-part search against a plain scan over every pair.
     #[test]
     fn attachment_matches_brute_force() {
-        let cloud = sample_parts(&crate::bench::sampling::test_meshes(), &SampleOptions::new(1500, 9)).unwrap();
+        let cloud =
+            sample_parts(&crate::geometry::primitives::four_part_test_meshes(), &SampleOptions::new(1500, 9)).unwrap();
         let (pos, ids) = (&cloud.positions, &cloud.part_ids);
         let area = 1.7;
         let spacing = (area / pos.len() as f64).sqrt() as f32;

@@ -270,7 +270,7 @@ fn is_transient(s: StatusCode) -> bool {
 
 async fn backoff(what: &str, failure: &str, attempt: u32) {
     let wait = FIRST_BACKOFF * 2u32.pow(attempt - 1);
-    crate::commands::log(&format!("{what}: {failure}; retry {attempt}/{RETRIES} in {} s", wait.as_secs()));
+    tracing::warn!("{what}: {failure}; retry {attempt}/{RETRIES} in {} s", wait.as_secs());
     tokio::time::sleep(wait).await;
 }
 
@@ -329,12 +329,9 @@ fn status_error(status: StatusCode, h: &HeaderMap, f: FileRef, config: &HubConfi
 /// Progress of one file: a bar with bytes and rate on a terminal, nothing otherwise (the
 /// caller logs one line per finished file instead).
 pub fn file_bar(label: &str, size: u64, visible: bool) -> indicatif::ProgressBar {
-    if !visible {
-        return indicatif::ProgressBar::hidden();
-    }
     const TEMPLATE: &str =
         "{prefix:<44!} {bytes:>10} / {total_bytes:<10} {binary_bytes_per_sec:>12} [{bar:24}] {eta:>4}";
-    let bar = indicatif::ProgressBar::new(size).with_prefix(label.to_string());
+    let bar = crate::progress::bar(size, visible).with_prefix(label.to_string());
     bar.set_style(indicatif::ProgressStyle::with_template(TEMPLATE).expect("valid template").progress_chars("=> "));
     bar
 }

@@ -21,7 +21,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::commands::log;
 use cache::{Checksum, RepoCache};
 use client::{file_bar, human_bytes, rate, Client, FileMeta, FileRef, HubConfig};
 
@@ -96,13 +95,13 @@ pub fn fetch(cache_dir: &Path, config: HubConfig, wants: &[Want], opts: FetchOpt
         }
         if !todo.is_empty() {
             let total: u64 = todo.values().sum();
-            log(&format!(
+            tracing::info!(
                 "downloading {} file(s), {}, from {} into {}",
                 todo.len(),
                 human_bytes(total),
                 client.endpoint(),
                 cache_dir.display()
-            ));
+            );
         }
         for item in items.iter_mut().filter(|i| i.meta.is_some()) {
             let rc = &caches[item.want];
@@ -172,11 +171,11 @@ fn verify_cached(blob: &Path, etag: &str, repo: &str, path: &str) -> Result<bool
     match cache::verify_file(blob, &sum)? {
         None => Ok(true),
         Some(actual) => {
-            log(&format!(
+            tracing::warn!(
                 "{repo} {path}: cached file {} fails its {} check (got {actual}); fetching it again",
                 blob.display(),
                 sum.kind()
-            ));
+            );
             Ok(false)
         }
     }
@@ -207,7 +206,7 @@ async fn download_one(client: &Client, rc: &RepoCache, item: &mut Item, progress
     let what = format!("{} {}", f.repo, item.path);
     let resumed = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     if resumed > 0 {
-        log(&format!("{what}: resuming at {} of {}", human_bytes(resumed), human_bytes(meta.size)));
+        tracing::info!("{what}: resuming at {} of {}", human_bytes(resumed), human_bytes(meta.size));
     }
     // A checksum failure after a resume may come from the older part: one fresh try.
     for attempt in 0..2 {
@@ -216,20 +215,20 @@ async fn download_one(client: &Client, rc: &RepoCache, item: &mut Item, progress
         client.download(file, meta, &part, &bar).await?;
         bar.finish();
         let Some(sum) = &sum else {
-            log(&format!("warning: {what}: etag {:?} is not a checksum; only the size was checked", meta.etag));
+            tracing::warn!("{what}: etag {:?} is not a checksum; only the size was checked", meta.etag);
             break;
         };
         match cache::verify_file(&part, sum)? {
             None => {
                 f.verified = true;
                 if !progress {
-                    log(&format!(
+                    tracing::info!(
                         "downloaded {what}: {} in {:.1} s ({}), {} verified",
                         human_bytes(meta.size),
                         start.elapsed().as_secs_f64(),
                         rate(meta.size, start),
                         sum.kind()
-                    ));
+                    );
                 }
                 break;
             }
@@ -246,7 +245,7 @@ async fn download_one(client: &Client, rc: &RepoCache, item: &mut Item, progress
                         client.endpoint()
                     );
                 }
-                log(&format!("{what}: {} mismatch (got {actual}); downloading it again from the start", sum.kind()));
+                tracing::warn!("{what}: {} mismatch (got {actual}); downloading it again from the start", sum.kind());
             }
         }
     }

@@ -29,11 +29,15 @@ pub struct State {
     next_generation: AtomicU64,
     /// Answer the next N requests with 503.
     pub fail_next: AtomicUsize,
-    /// Delay the next N requests by `delay_ms` before answering.
+    /// Delay the next N requests by `delay_ms` before answering (only those of the method
+    /// `slow_method` names, when it is set).
     pub slow_next: AtomicUsize,
     pub delay_ms: AtomicU64,
+    pub slow_method: Mutex<Option<String>>,
     /// Every request seen: "METHOD path?query".
     pub log: Mutex<Vec<String>>,
+    /// Every request answered, in order: ("METHOD path", status).
+    pub answered: Mutex<Vec<(String, u16)>>,
     stop: AtomicBool,
 }
 
@@ -44,7 +48,12 @@ pub struct GcsServer {
 
 impl GcsServer {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// On `addr` (a container's `0.0.0.0:PORT`; see `tests/containers.rs`).
+    pub fn start_on(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State { next_generation: AtomicU64::new(1), ..Default::default() });
         let st = state.clone();
@@ -266,7 +275,8 @@ fn serve(conn: TcpStream, st: Arc<State>) {
     while let Some(req) = read_request(&mut reader) {
         let q: Vec<String> = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
         st.log.lock().unwrap().push(format!("{} {}?{}", req.method, req.path, q.join("&")));
-        if st.slow_next.load(Ordering::SeqCst) > 0 {
+        let method_is_slow = st.slow_method.lock().unwrap().as_ref().is_none_or(|m| *m == req.method);
+        if method_is_slow && st.slow_next.load(Ordering::SeqCst) > 0 {
             st.slow_next.fetch_sub(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(st.delay_ms.load(Ordering::SeqCst)));
         }
@@ -276,6 +286,7 @@ fn serve(conn: TcpStream, st: Arc<State>) {
         } else {
             handle(&req, &st)
         };
+        st.answered.lock().unwrap().push((format!("{} {}", req.method, req.path), resp.status));
         let mut head = format!("HTTP/1.1 {} X\r\nContent-Length: {}\r\n", resp.status, resp.body.len());
         for (k, v) in &resp.headers {
             head.push_str(&format!("{k}: {v}\r\n"));

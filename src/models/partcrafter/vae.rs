@@ -29,6 +29,9 @@ use crate::synth::TensorSpec;
 /// (chunk × 4·width floats); results do not depend on it.
 pub const DECODE_CHUNK: usize = 8192;
 
+/// Points per forward on a GPU: larger GEMMs (`lumen bench memory` predicts its activations).
+pub const DECODE_CHUNK_CUDA: usize = 32_768;
+
 /// Upstream's chunk size: the top-k quirk applies to its first chunk only.
 pub const UPSTREAM_CHUNK: usize = 50_000;
 
@@ -328,8 +331,7 @@ impl SdfDecoder {
             freqs,
             device: vb.device().clone(),
             dtype: vb.dtype(),
-            // A GPU wants larger GEMMs; 32 k points keep the f16 activations under 0.3 GB.
-            chunk: if vb.device().is_cuda() { 32_768 } else { DECODE_CHUNK },
+            chunk: if vb.device().is_cuda() { DECODE_CHUNK_CUDA } else { DECODE_CHUNK },
             config,
         })
     }

@@ -121,7 +121,7 @@ impl RebnConv {
 
 /// The two residual U-block variants of the reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RsuKind {
+pub enum RsuKind {
     /// RSU-L (L = 7, 6, 5, 4): an inner U-Net with L − 2 ceil-mode pools, dilation 2 at the bottom.
     Pooled(usize),
     /// RSU-4F: no pooling, dilations 1, 2, 4, 8 instead (used where maps are already small).
@@ -241,7 +241,7 @@ pub struct BriaRmbg {
 }
 
 /// (name, kind, in, mid, out) of the encoder and decoder stages (fixed in the reference).
-const ENC_STAGES: [(&str, RsuKind, usize, usize, usize); 6] = [
+pub const ENC_STAGES: [(&str, RsuKind, usize, usize, usize); 6] = [
     ("stage1", RsuKind::Pooled(7), 64, 32, 64),
     ("stage2", RsuKind::Pooled(6), 64, 32, 128),
     ("stage3", RsuKind::Pooled(5), 128, 64, 256),
@@ -249,7 +249,7 @@ const ENC_STAGES: [(&str, RsuKind, usize, usize, usize); 6] = [
     ("stage5", RsuKind::Dilated, 512, 256, 512),
     ("stage6", RsuKind::Dilated, 512, 256, 512),
 ];
-const DEC_STAGES: [(&str, RsuKind, usize, usize, usize); 5] = [
+pub const DEC_STAGES: [(&str, RsuKind, usize, usize, usize); 5] = [
     ("stage5d", RsuKind::Dilated, 1024, 256, 512),
     ("stage4d", RsuKind::Pooled(4), 1024, 128, 256),
     ("stage3d", RsuKind::Pooled(5), 512, 64, 128),
@@ -257,7 +257,7 @@ const DEC_STAGES: [(&str, RsuKind, usize, usize, usize); 5] = [
     ("stage1d", RsuKind::Pooled(7), 128, 16, 64),
 ];
 /// Input channels of side1 … side6 (hx1d, hx2d, hx3d, hx4d, hx5d, hx6).
-const SIDE_CH: [usize; 6] = [64, 64, 128, 256, 512, 512];
+pub const SIDE_CH: [usize; 6] = [64, 64, 128, 256, 512, 512];
 
 impl BriaRmbg {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {

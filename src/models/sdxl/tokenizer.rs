@@ -69,7 +69,7 @@ impl ClipTokenizer {
         let mut body = enc.get_ids().to_vec();
         let room = MAX_LENGTH - 2;
         if body.len() > room {
-            eprintln!("warning: prompt has {} tokens, CLIP reads {room}; the rest is dropped: {prompt:?}", body.len());
+            tracing::warn!("prompt has {} tokens, CLIP reads {room}; the rest is dropped: {prompt:?}", body.len());
             body.truncate(room);
         }
         let mut ids = Vec::with_capacity(MAX_LENGTH);

@@ -278,9 +278,19 @@ pub struct AddedCond<'a> {
     pub time_ids: &'a Tensor,
 }
 
-impl UNet {
-    /// `vb` is the root of `unet/diffusion_pytorch_model.safetensors`.
-    pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
+/// What every block constructor needs from the config, checked and read once: per level
+/// (`down_blocks.{i}`) the channels, attention heads and transformer depth.
+struct Levels<'a> {
+    cfg: &'a UNetConfig,
+    channels: &'a [usize],
+    heads: Vec<usize>,
+    transformer_layers: Vec<usize>,
+    /// Time-embedding width (4 × the first level's channels).
+    temb: usize,
+}
+
+impl<'a> Levels<'a> {
+    fn of(cfg: &'a UNetConfig) -> Result<Self> {
         let n = cfg.block_out_channels.len();
         if cfg.down_block_types.len() != n || cfg.up_block_types.len() != n {
             candle_core::bail!("unet config: block type lists do not match block_out_channels");
@@ -290,132 +300,157 @@ impl UNet {
         }
         // In diffusers, `attention_head_dim` means the number of heads unless num_attention_heads is set.
         let heads = cfg.num_attention_heads.as_ref().unwrap_or(&cfg.attention_head_dim).get(n)?;
-        let tlayers = cfg.transformer_layers_per_block.get(n)?;
-        let ch = &cfg.block_out_channels;
-        let temb = 4 * ch[0];
-        let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
-        let res_cfg = |out: usize, scale: f64| ResnetBlock2DConfig {
-            out_channels: Some(out),
-            temb_channels: Some(temb),
-            groups: cfg.norm_num_groups,
+        let transformer_layers = cfg.transformer_layers_per_block.get(n)?;
+        let channels = &cfg.block_out_channels;
+        Ok(Self { cfg, channels, heads, transformer_layers, temb: 4 * channels[0] })
+    }
+
+    fn count(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn resnet(&self, vb: VarBuilder, in_ch: usize, out_ch: usize, scale: f64) -> Result<ResnetBlock2D> {
+        let c = ResnetBlock2DConfig {
+            out_channels: Some(out_ch),
+            temb_channels: Some(self.temb),
+            groups: self.cfg.norm_num_groups,
             groups_out: None,
-            eps: cfg.norm_eps,
+            eps: self.cfg.norm_eps,
             use_in_shortcut: None,
             output_scale_factor: scale,
         };
-        let cross = |kind: &str| -> Result<bool> {
-            match kind {
-                "DownBlock2D" | "UpBlock2D" => Ok(false),
-                "CrossAttnDownBlock2D" | "CrossAttnUpBlock2D" => Ok(true),
-                other => candle_core::bail!("unet config: unsupported block type {other:?}"),
-            }
-        };
+        ResnetBlock2D::new(vb, in_ch, c)
+    }
 
-        let (add_time_proj, add_embedding) = match cfg.addition_embed_type.as_deref() {
-            None => (None, None),
-            Some("text_time") => {
-                let dim = cfg.addition_time_embed_dim.ok_or_else(|| {
-                    candle_core::Error::Msg("unet config: text_time without addition_time_embed_dim".into())
-                })?;
-                let input = cfg.projection_class_embeddings_input_dim.ok_or_else(|| {
-                    candle_core::Error::Msg(
-                        "unet config: text_time without projection_class_embeddings_input_dim".into(),
-                    )
-                })?;
-                (
-                    Some(Timesteps::new(dim, cfg.flip_sin_to_cos, cfg.freq_shift)),
-                    Some(TimestepEmbedding::new(vb.pp("add_embedding"), input, temb)?),
-                )
-            }
-            Some(other) => candle_core::bail!("unet config: unsupported addition_embed_type {other:?}"),
-        };
+    /// The transformer of level `level` (its heads and depth) at `ch` channels.
+    fn transformer(&self, vb: VarBuilder, ch: usize, level: usize) -> Result<SpatialTransformer> {
+        SpatialTransformer::new(vb, ch, self.transformer_layers[level], self.heads[level], self.cfg)
+    }
+}
 
-        let mut down = Vec::with_capacity(n);
-        let mut out_ch = ch[0];
-        for i in 0..n {
-            let vbi = vb.pp("down_blocks").pp(i);
-            let in_ch = out_ch;
-            out_ch = ch[i];
-            let has_attn = cross(&cfg.down_block_types[i])?;
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..cfg.layers_per_block {
-                let rin = if j == 0 { in_ch } else { out_ch };
-                resnets.push(ResnetBlock2D::new(vbi.pp("resnets").pp(j), rin, res_cfg(out_ch, 1.0))?);
-                if has_attn {
-                    attentions.push(SpatialTransformer::new(
-                        vbi.pp("attentions").pp(j),
-                        out_ch,
-                        tlayers[i],
-                        heads[i],
-                        cfg,
-                    )?);
-                }
-            }
-            let sampler = if i + 1 < n {
-                let c = Conv2dConfig { stride: 2, padding: cfg.downsample_padding, ..Default::default() };
-                Some(conv2d(out_ch, out_ch, 3, c, vbi.pp("downsamplers").pp(0).pp("conv"))?)
-            } else {
-                None
-            };
-            down.push(Block { resnets, attentions, sampler });
+/// Whether a diffusers block type has cross-attention transformers.
+fn has_cross_attention(kind: &str) -> Result<bool> {
+    match kind {
+        "DownBlock2D" | "UpBlock2D" => Ok(false),
+        "CrossAttnDownBlock2D" | "CrossAttnUpBlock2D" => Ok(true),
+        other => candle_core::bail!("unet config: unsupported block type {other:?}"),
+    }
+}
+
+/// SDXL's `text_time` added embedding (pooled text + time ids), or none.
+fn added_embedding(
+    vb: VarBuilder,
+    cfg: &UNetConfig,
+    temb: usize,
+) -> Result<(Option<Timesteps>, Option<TimestepEmbedding>)> {
+    match cfg.addition_embed_type.as_deref() {
+        None => Ok((None, None)),
+        Some("text_time") => {
+            let missing = |what: &str| candle_core::Error::Msg(format!("unet config: text_time without {what}"));
+            let dim = cfg.addition_time_embed_dim.ok_or_else(|| missing("addition_time_embed_dim"))?;
+            let input = cfg
+                .projection_class_embeddings_input_dim
+                .ok_or_else(|| missing("projection_class_embeddings_input_dim"))?;
+            Ok((
+                Some(Timesteps::new(dim, cfg.flip_sin_to_cos, cfg.freq_shift)),
+                Some(TimestepEmbedding::new(vb.pp("add_embedding"), input, temb)?),
+            ))
         }
+        Some(other) => candle_core::bail!("unet config: unsupported addition_embed_type {other:?}"),
+    }
+}
 
-        let top = ch[n - 1];
-        let vbm = vb.pp("mid_block");
-        // UNetMidBlock2DCrossAttn with one layer: resnet, transformer, resnet.
-        let mid_resnets = (0..2)
-            .map(|j| ResnetBlock2D::new(vbm.pp("resnets").pp(j), top, res_cfg(top, cfg.mid_block_scale_factor)))
-            .collect::<Result<Vec<_>>>()?;
-        // The mid block uses the last block's transformer depth and heads.
-        let mid_attentions =
-            vec![SpatialTransformer::new(vbm.pp("attentions").pp(0), top, tlayers[n - 1], heads[n - 1], cfg)?];
-
-        let rch: Vec<usize> = ch.iter().rev().copied().collect();
-        let rheads: Vec<usize> = heads.iter().rev().copied().collect();
-        let rlayers: Vec<usize> = tlayers.iter().rev().copied().collect();
-        let mut up = Vec::with_capacity(n);
-        let mut prev_out = rch[0];
-        for i in 0..n {
-            let vbi = vb.pp("up_blocks").pp(i);
-            let out = rch[i];
-            let skip_in = rch[(i + 1).min(n - 1)];
-            let has_attn = cross(&cfg.up_block_types[i])?;
-            let layers = cfg.layers_per_block + 1;
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..layers {
-                let skip = if j + 1 == layers { skip_in } else { out };
-                let rin = if j == 0 { prev_out } else { out };
-                resnets.push(ResnetBlock2D::new(vbi.pp("resnets").pp(j), rin + skip, res_cfg(out, 1.0))?);
-                if has_attn {
-                    attentions.push(SpatialTransformer::new(
-                        vbi.pp("attentions").pp(j),
-                        out,
-                        rlayers[i],
-                        rheads[i],
-                        cfg,
-                    )?);
-                }
+/// `down_blocks.{i}`: resnets (and transformers), then a stride-2 conv except at the bottom.
+fn down_blocks(vb: VarBuilder, l: &Levels) -> Result<Vec<Block>> {
+    let (n, cfg) = (l.count(), l.cfg);
+    let mut down = Vec::with_capacity(n);
+    let mut out_ch = l.channels[0];
+    for i in 0..n {
+        let vbi = vb.pp("down_blocks").pp(i);
+        let in_ch = out_ch;
+        out_ch = l.channels[i];
+        let has_attn = has_cross_attention(&cfg.down_block_types[i])?;
+        let (mut resnets, mut attentions) = (Vec::new(), Vec::new());
+        for j in 0..cfg.layers_per_block {
+            let rin = if j == 0 { in_ch } else { out_ch };
+            resnets.push(l.resnet(vbi.pp("resnets").pp(j), rin, out_ch, 1.0)?);
+            if has_attn {
+                attentions.push(l.transformer(vbi.pp("attentions").pp(j), out_ch, i)?);
             }
-            let sampler =
-                if i + 1 < n { Some(conv2d(out, out, 3, pad1, vbi.pp("upsamplers").pp(0).pp("conv"))?) } else { None };
-            up.push(Block { resnets, attentions, sampler });
-            prev_out = out;
         }
+        let sampler = if i + 1 < n {
+            let c = Conv2dConfig { stride: 2, padding: cfg.downsample_padding, ..Default::default() };
+            Some(conv2d(out_ch, out_ch, 3, c, vbi.pp("downsamplers").pp(0).pp("conv"))?)
+        } else {
+            None
+        };
+        down.push(Block { resnets, attentions, sampler });
+    }
+    Ok(down)
+}
 
+/// `mid_block` (UNetMidBlock2DCrossAttn, one layer): resnet, transformer, resnet, with the
+/// last level's transformer depth and heads.
+fn mid_block(vb: VarBuilder, l: &Levels) -> Result<(Vec<ResnetBlock2D>, Vec<SpatialTransformer>)> {
+    let last = l.count() - 1;
+    let top = l.channels[last];
+    let vbm = vb.pp("mid_block");
+    let resnets = (0..2)
+        .map(|j| l.resnet(vbm.pp("resnets").pp(j), top, top, l.cfg.mid_block_scale_factor))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((resnets, vec![l.transformer(vbm.pp("attentions").pp(0), top, last)?]))
+}
+
+/// `up_blocks.{i}`, levels in reverse: one more resnet per block than going down, each
+/// taking a skip connection, then a conv upsampler except at the top.
+fn up_blocks(vb: VarBuilder, l: &Levels) -> Result<Vec<Block>> {
+    let (n, cfg) = (l.count(), l.cfg);
+    let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
+    let rch: Vec<usize> = l.channels.iter().rev().copied().collect();
+    let mut up = Vec::with_capacity(n);
+    let mut prev_out = rch[0];
+    for i in 0..n {
+        let vbi = vb.pp("up_blocks").pp(i);
+        let (out, skip_in, level) = (rch[i], rch[(i + 1).min(n - 1)], n - 1 - i);
+        let has_attn = has_cross_attention(&cfg.up_block_types[i])?;
+        let layers = cfg.layers_per_block + 1;
+        let (mut resnets, mut attentions) = (Vec::new(), Vec::new());
+        for j in 0..layers {
+            let skip = if j + 1 == layers { skip_in } else { out };
+            let rin = if j == 0 { prev_out } else { out };
+            resnets.push(l.resnet(vbi.pp("resnets").pp(j), rin + skip, out, 1.0)?);
+            if has_attn {
+                attentions.push(l.transformer(vbi.pp("attentions").pp(j), out, level)?);
+            }
+        }
+        let sampler =
+            if i + 1 < n { Some(conv2d(out, out, 3, pad1, vbi.pp("upsamplers").pp(0).pp("conv"))?) } else { None };
+        up.push(Block { resnets, attentions, sampler });
+        prev_out = out;
+    }
+    Ok(up)
+}
+
+impl UNet {
+    /// `vb` is the root of `unet/diffusion_pytorch_model.safetensors`.
+    pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
+        let levels = Levels::of(cfg)?;
+        let (ch0, temb) = (cfg.block_out_channels[0], levels.temb);
+        let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
+        let (add_time_proj, add_embedding) = added_embedding(vb.clone(), cfg, temb)?;
+        let (mid_resnets, mid_attentions) = mid_block(vb.clone(), &levels)?;
         Ok(Self {
-            conv_in: conv2d(cfg.in_channels, ch[0], 3, pad1, vb.pp("conv_in"))?,
-            time_proj: Timesteps::new(ch[0], cfg.flip_sin_to_cos, cfg.freq_shift),
-            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?,
+            conv_in: conv2d(cfg.in_channels, ch0, 3, pad1, vb.pp("conv_in"))?,
+            time_proj: Timesteps::new(ch0, cfg.flip_sin_to_cos, cfg.freq_shift),
+            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch0, temb)?,
             add_time_proj,
             add_embedding,
-            down,
+            down: down_blocks(vb.clone(), &levels)?,
             mid_resnets,
             mid_attentions,
-            up,
-            conv_norm_out: crate::conv::group_norm(cfg.norm_num_groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?,
-            conv_out: conv2d(ch[0], cfg.out_channels, 3, pad1, vb.pp("conv_out"))?,
+            up: up_blocks(vb.clone(), &levels)?,
+            conv_norm_out: crate::conv::group_norm(cfg.norm_num_groups, ch0, cfg.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_out: conv2d(ch0, cfg.out_channels, 3, pad1, vb.pp("conv_out"))?,
             config: cfg.clone(),
         })
     }

@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::{BenchOptions, BenchRow};
 use crate::conv::{self, Conv2d, Conv2dConfig};
-use crate::goldens::rel_l2;
+use crate::diagnostics::compare::rel_l2;
 use crate::rng::Rng;
 
 /// Calls timed back to back between two synchronisations on the GPU.
@@ -52,11 +52,10 @@ const TORCH_RMBG_1024_MS: f64 = 19.3;
 /// Limit the issue sets on lumen's time over torch's, per convolution shape.
 const MAX_RATIO: f64 = 1.5;
 
-/// The run's device, logged once with its name (BENCHMARKS.md records the card).
-fn device() -> Result<Device> {
-    let device = crate::device::select_device(false)?;
-    crate::commands::log(&crate::device::describe(&device).summary());
-    Ok(device)
+/// The run's device (`--cpu` included), logged with its name (BENCHMARKS.md records the card).
+fn device(opts: &BenchOptions) -> Device {
+    tracing::info!("{}", crate::device::describe(&opts.device).summary());
+    opts.device.clone()
 }
 
 /// (channels, side) actually run: full size on a GPU, reduced on the CPU.
@@ -106,7 +105,7 @@ fn row(suite: &str, name: String, iters: usize, (median_ms, min_ms): (f64, f64),
 
 /// `lumen bench conv`.
 pub fn run(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
-    let device = device()?;
+    let device = device(opts);
     let calls = if device.is_cuda() { CALLS } else { 1 };
     let mut rows = Vec::new();
     for s in &TABLE {
@@ -250,7 +249,7 @@ fn network_tolerance() -> f64 {
 
 /// `lumen bench conv_check`: fails (non-zero exit) if any comparison is out of tolerance.
 pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
-    let device = device()?;
+    let device = device(opts);
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for case in check_cases(&device) {
@@ -295,7 +294,7 @@ pub fn check(opts: &BenchOptions) -> Result<Vec<BenchRow>> {
     let _ = opts;
     if !failures.is_empty() {
         for r in &rows {
-            crate::commands::log(&format!("{:<44} {}", r.name, r.note));
+            tracing::error!("{:<44} {}", r.name, r.note);
         }
         bail!("{} convolution check(s) failed: {}", failures.len(), failures.join("; "));
     }

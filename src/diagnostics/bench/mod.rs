@@ -23,6 +23,7 @@ pub mod attention;
 pub mod concept;
 pub mod conv;
 pub mod geometry;
+pub mod memory;
 pub mod partcrafter;
 pub mod peer;
 pub mod rmbg;
@@ -50,6 +51,7 @@ impl BenchOptions {
     }
 
     /// CPU, f32 (tests).
+    #[cfg(test)]
     pub fn cpu(iters: usize, quick: bool) -> Self {
         Self { iters: iters.max(1), quick, device: Device::Cpu, dtype: DType::F32 }
     }
@@ -74,6 +76,12 @@ pub struct BenchRow {
     pub reference_ms: Option<f64>,
     /// `median_ms / reference_ms` (below 1: lumen is faster).
     pub ratio: Option<f64>,
+    /// `memory` suite: the predicted peak device memory of the row's stage, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_mib: Option<f64>,
+    /// `memory` suite on CUDA: the measured peak (resident weights + the run's peak), MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured_mib: Option<f64>,
     /// Free-form: sizes, throughput, FLOP rate.
     pub note: String,
 }
@@ -87,15 +95,15 @@ impl BenchRow {
             iters,
             median_ms: t.0,
             min_ms: t.1,
-            device: device_name(&opts.device),
-            dtype: dtype_name(opts.dtype),
+            device: crate::device::label(&opts.device),
+            dtype: crate::device::dtype_name(opts.dtype).to_string(),
             peak_mem_mib: peak_mem_mib(&opts.device),
             ..Default::default()
         }
     }
 
     pub fn dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype_name(dtype);
+        self.dtype = crate::device::dtype_name(dtype).to_string();
         self
     }
 
@@ -115,18 +123,6 @@ impl BenchRow {
         self.ratio = ms.filter(|r| *r > 0.0).map(|r| self.median_ms / r);
         self
     }
-}
-
-pub fn device_name(d: &Device) -> String {
-    match d.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
-}
-
-pub fn dtype_name(d: DType) -> String {
-    crate::device::dtype_name(d).to_string()
 }
 
 /// Times `f` once to warm up, then `iters` times; returns median and min in ms. The clock
@@ -222,4 +218,30 @@ pub const SUITES: &[(&str, Suite)] = &[
     ("concept", concept::run),
     ("conv", conv::run),
     ("conv_check", conv::check),
+    ("memory", memory::run),
 ];
+
+#[cfg(test)]
+mod tests {
+    /// `--cpu` reaches every suite only if each takes its device from `BenchOptions` (the
+    /// one place that opens one): a suite that opens its own runs on the GPU whatever the
+    /// flag, which a CPU build cannot show by running it, so its source is checked.
+    #[test]
+    fn suites_run_on_the_options_device() {
+        let suites = [
+            ("attention.rs", include_str!("attention.rs")),
+            ("concept.rs", include_str!("concept.rs")),
+            ("conv.rs", include_str!("conv.rs")),
+            ("geometry.rs", include_str!("geometry.rs")),
+            ("partcrafter.rs", include_str!("partcrafter.rs")),
+            ("rmbg.rs", include_str!("rmbg.rs")),
+            ("sampling.rs", include_str!("sampling.rs")),
+            ("sdxl.rs", include_str!("sdxl.rs")),
+        ];
+        for (file, code) in suites {
+            for opener in ["select_device(", "Device::new_cuda(", "Device::cuda_if_available("] {
+                assert!(!code.contains(opener), "bench/{file} opens its own device ({opener}…): use opts.device");
+            }
+        }
+    }
+}

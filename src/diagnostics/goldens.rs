@@ -27,6 +27,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::compare::{centered_rel_l2, rel_l2};
 use crate::models::partcrafter::dit::{DitConfig, PartCrafterDit, PartIds};
 use crate::models::partcrafter::encoder::{Dinov2Config, Dinov2Model};
 use crate::models::partcrafter::sampler;
@@ -94,33 +95,6 @@ pub struct CaseResult {
     pub outputs: Vec<OutputCheck>,
 }
 
-/// ‖got − want‖₂ / ‖want‖₂ in f64 (‖got‖ when want is all zeros). Shapes must match.
-pub fn rel_l2(got: &Tensor, want: &Tensor) -> Result<f64> {
-    let (g, w) = pair(got, want)?;
-    let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
-    let den: f64 = w.iter().map(|b| b * b).sum();
-    Ok(if den == 0.0 { num.sqrt() } else { (num / den).sqrt() })
-}
-
-/// ‖got − want‖₂ / ‖want − mean(want)‖₂ (outputs whose large mean would hide an error).
-pub fn centered_rel_l2(got: &Tensor, want: &Tensor) -> Result<f64> {
-    let (g, w) = pair(got, want)?;
-    let mean = w.iter().sum::<f64>() / w.len().max(1) as f64;
-    let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
-    let den: f64 = w.iter().map(|b| (b - mean).powi(2)).sum();
-    Ok((num / den).sqrt())
-}
-
-fn pair(got: &Tensor, want: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
-    if got.dims() != want.dims() {
-        bail!("shape {:?} vs reference {:?}", got.dims(), want.dims());
-    }
-    let v = |t: &Tensor| -> Result<Vec<f64>> {
-        Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
-    };
-    Ok((v(got)?, v(want)?))
-}
-
 /// Runs every golden case of every component found under `root` on `device` in `dtype`.
 /// BriaRMBG runs in f32 whatever `dtype` (as the pipeline runs it), so its cases are part of
 /// the f32 pass only. Fails when `root` holds none of [`COMPONENTS`].
@@ -173,8 +147,8 @@ fn case_result(
     Ok(CaseResult {
         component: component.into(),
         case: case.into(),
-        device: crate::bench::device_name(device),
-        dtype: crate::bench::dtype_name(dtype),
+        device: crate::device::label(device),
+        dtype: crate::device::dtype_name(dtype).to_string(),
         pass: outputs.iter().all(|o| o.pass() && o.error.is_finite()),
         worst,
         outputs,
@@ -381,117 +355,118 @@ fn rmbg_checks(c: &Ctx, output: &str, got: &Tensor, want: &Tensor, spec: &Value)
 
 /// PartCrafter: DINOv2, the DiT forward (CFG batch and batch 1), the guided sampler and the
 /// SDF decoder (the tiny golden config).
+/// PartCrafter's cases: the DINOv2 encoder, the DiT forward (batched and one part), the
+/// sampling loop on that DiT, and the SDF decoder.
 fn partcrafter_cases(c: &Ctx) -> Result<Cases> {
-    let (dev, dtype, m) = (c.device, c.dtype, c.manifest);
-    let tol = |case: &Value, output: &str| -> Result<f64> {
-        let t = &case["rel_l2_tol"];
-        t.as_f64().or_else(|| t[output].as_f64()).with_context(|| format!("no tolerance for {output}"))
-    };
-    let input_value = |case: &Value, name: &str| -> Result<Value> {
-        case["inputs"]
-            .as_array()
-            .and_then(|a| a.iter().find(|i| i["name"] == name))
-            .map(|i| i["value"].clone())
-            .with_context(|| format!("input {name}"))
-    };
-    let write_module = |sub: &str, config: &Value, file: &str, entries: &Value| -> Result<PathBuf> {
-        let dir = c.scratch.join(sub);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("config.json"), config.to_string())?;
-        write_synthetic_safetensors(&specs(entries)?, None, &dir.join(file))?;
-        Ok(dir)
-    };
-    let mut out = Vec::new();
+    let mut out = vec![pc_image_encoder(c)?];
+    let m = &c.manifest;
+    let dit_dir = pc_write_module(c, TRANSFORMER_DIR, "transformer", "diffusion_pytorch_model.safetensors")?;
+    let dit_cfg: DitConfig = read_config(&dit_dir)?;
+    let dit = PartCrafterDit::new(open_model_dir(&dit_dir, c.dtype, c.device)?, &dit_cfg)?;
+    for (name, prefix) in [("transformer_forward", ""), ("transformer_forward_b1", "b1_")] {
+        out.push(pc_transformer_forward(c, &dit, name, prefix)?);
+    }
+    let sched_cfg: PcSchedulerConfig = serde_json::from_value(m["config"]["scheduler"].clone())?;
+    out.push(pc_sampler(c, &dit, sched_cfg)?);
+    drop(dit);
+    out.push(pc_vae_decode(c)?);
+    Ok(out)
+}
 
+/// A case's tolerance: one number, or one per output.
+fn pc_tol(case: &Value, output: &str) -> Result<f64> {
+    let t = &case["rel_l2_tol"];
+    t.as_f64().or_else(|| t[output].as_f64()).with_context(|| format!("no tolerance for {output}"))
+}
+
+/// A scalar input the case recorded (`num_parts`, `guidance_scale`, …).
+fn pc_input_value(case: &Value, name: &str) -> Result<Value> {
+    case["inputs"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == name))
+        .map(|i| i["value"].clone())
+        .with_context(|| format!("input {name}"))
+}
+
+fn pc_num_parts(case: &Value) -> Result<usize> {
+    Ok(pc_input_value(case, "attention_kwargs.num_parts")?.as_u64().context("num_parts")? as usize)
+}
+
+/// Writes the component's config and synthetic weights as `scratch/sub/{config.json, file}`.
+fn pc_write_module(c: &Ctx, sub: &str, component: &str, file: &str) -> Result<PathBuf> {
+    let dir = c.scratch.join(sub);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("config.json"), c.manifest["config"][component].to_string())?;
+    write_synthetic_safetensors(&specs(&c.manifest["tensors"][component]["entries"])?, None, &dir.join(file))?;
+    Ok(dir)
+}
+
+fn pc_image_encoder(c: &Ctx) -> Result<(String, Vec<OutputCheck>)> {
     let case = c.case("image_encoder")?;
     let t = c.tensors(case)?;
-    let enc_dir = write_module(
-        IMAGE_ENCODER_DIR,
-        &m["config"]["image_encoder_dinov2"],
-        "model.safetensors",
-        &m["tensors"]["image_encoder_dinov2"]["entries"],
-    )?;
+    let enc_dir = pc_write_module(c, IMAGE_ENCODER_DIR, "image_encoder_dinov2", "model.safetensors")?;
     let cfg: Dinov2Config = read_config(&enc_dir)?;
     let pixels = &t["pixel_values"];
     let (_, _, h, w) = pixels.dims4()?;
-    let enc = Dinov2Model::new(open_model_dir(&enc_dir, dtype, dev)?, &cfg, Some((h, w)))?;
+    let enc = Dinov2Model::new(open_model_dir(&enc_dir, c.dtype, c.device)?, &cfg, Some((h, w)))?;
     let got = enc.forward(&c.input(pixels)?)?;
-    out.push((
-        "image_encoder".into(),
-        vec![c.check("image_embeds", &got, &t["image_embeds"], tol(case, "image_embeds")?)?],
-    ));
-    drop(enc);
+    let check = c.check("image_embeds", &got, &t["image_embeds"], pc_tol(case, "image_embeds")?)?;
+    Ok(("image_encoder".into(), vec![check]))
+}
 
-    let dit_dir = write_module(
-        TRANSFORMER_DIR,
-        &m["config"]["transformer"],
-        "diffusion_pytorch_model.safetensors",
-        &m["tensors"]["transformer"]["entries"],
+/// One DiT forward; `prefix` picks the recorded tensors of the case (`b1_` for one part).
+fn pc_transformer_forward(
+    c: &Ctx,
+    dit: &PartCrafterDit,
+    name: &str,
+    prefix: &str,
+) -> Result<(String, Vec<OutputCheck>)> {
+    let case = c.case(name)?;
+    let t = c.tensors(case)?;
+    let get = |k: &str| t.get(&format!("{prefix}{k}")).with_context(|| format!("{prefix}{k} not recorded"));
+    let got = dit.forward(
+        &c.input(get("hidden_states")?)?,
+        &get("timestep")?.to_device(c.device)?,
+        &c.input(get("encoder_hidden_states")?)?,
+        pc_num_parts(case)?,
+        PartIds::Batch,
     )?;
-    let dit_cfg: DitConfig = read_config(&dit_dir)?;
-    let dit = PartCrafterDit::new(open_model_dir(&dit_dir, dtype, dev)?, &dit_cfg)?;
-    for (name, prefix) in [("transformer_forward", ""), ("transformer_forward_b1", "b1_")] {
-        let case = c.case(name)?;
-        let t = c.tensors(case)?;
-        let n = input_value(case, "attention_kwargs.num_parts")?.as_u64().context("num_parts")? as usize;
-        let get = |k: &str| t.get(&format!("{prefix}{k}")).with_context(|| format!("{prefix}{k} not recorded"));
-        let got = dit.forward(
-            &c.input(get("hidden_states")?)?,
-            &get("timestep")?.to_device(dev)?,
-            &c.input(get("encoder_hidden_states")?)?,
-            n,
-            PartIds::Batch,
-        )?;
-        out.push((name.into(), vec![c.check("output", &got, get("output")?, tol(case, "output")?)?]));
-    }
+    Ok((name.into(), vec![c.check("output", &got, get("output")?, pc_tol(case, "output")?)?]))
+}
 
+fn pc_sampler(c: &Ctx, dit: &PartCrafterDit, sched_cfg: PcSchedulerConfig) -> Result<(String, Vec<OutputCheck>)> {
     let case = c.case("sampler")?;
     let t = c.tensors(case)?;
-    let steps = input_value(case, "num_inference_steps")?.as_u64().context("steps")? as usize;
-    let guidance = input_value(case, "guidance_scale")?.as_f64().context("guidance")?;
-    let n = input_value(case, "attention_kwargs.num_parts")?.as_u64().context("num_parts")? as usize;
-    let sched_cfg: PcSchedulerConfig = serde_json::from_value(m["config"]["scheduler"].clone())?;
+    let steps = pc_input_value(case, "num_inference_steps")?.as_u64().context("steps")? as usize;
+    let guidance = pc_input_value(case, "guidance_scale")?.as_f64().context("guidance")?;
+    let n = pc_num_parts(case)?;
     // The recorded conditioning is [zeros ×N ; embeds ×N]; the sampler builds the zeros itself.
-    let embeds = t["encoder_hidden_states"].narrow(0, n, n)?.to_device(dev)?;
-    let noise = t["init_noise"].to_device(dev)?;
-    let got = sampler::sample(
-        &dit,
-        &RectifiedFlowScheduler::new(sched_cfg),
-        &embeds,
-        &noise,
-        steps,
-        guidance,
-        PartIds::Batch,
-        None,
-    )?;
-    out.push((
-        "sampler".into(),
-        vec![c.check("final_latents", &got, &t["final_latents"], tol(case, "final_latents")?)?],
-    ));
-    drop(dit);
+    let embeds = t["encoder_hidden_states"].narrow(0, n, n)?.to_device(c.device)?;
+    let noise = t["init_noise"].to_device(c.device)?;
+    let scheduler = RectifiedFlowScheduler::new(sched_cfg);
+    let got = sampler::sample(dit, &scheduler, &embeds, &noise, steps, guidance, PartIds::Batch, None)?;
+    let check = c.check("final_latents", &got, &t["final_latents"], pc_tol(case, "final_latents")?)?;
+    Ok(("sampler".into(), vec![check]))
+}
 
+/// The SDF decoder per part: its key/value cache, then the SDF by full and by top-k attention.
+fn pc_vae_decode(c: &Ctx) -> Result<(String, Vec<OutputCheck>)> {
     let case = c.case("vae_decode")?;
     let t = c.tensors(case)?;
-    let vae_dir = write_module(
-        "vae",
-        &m["config"]["vae"],
-        "diffusion_pytorch_model.safetensors",
-        &m["tensors"]["vae"]["entries"],
-    )?;
-    let decoder = SdfDecoder::load(&vae_dir, dev, dtype)?;
-    let tol = tol(case, "sdf")?;
-    let points = t["points"].to_device(dev)?;
+    let vae_dir = pc_write_module(c, "vae", "vae", "diffusion_pytorch_model.safetensors")?;
+    let decoder = SdfDecoder::load(&vae_dir, c.device, c.dtype)?;
+    let tol = pc_tol(case, "sdf")?;
+    let points = t["points"].to_device(c.device)?;
     let mut checks = Vec::new();
     for p in 0..t["latents"].dim(0)? {
-        let part = decoder.prepare(&t["latents"].i(p)?.to_device(dev)?)?;
+        let part = decoder.prepare(&t["latents"].i(p)?.to_device(c.device)?)?;
         checks.push(c.check(&format!("part{p} kv_cache"), &part.kv_cache, &t["kv_cache"].i(p)?, tol)?);
         for (mode, key) in [(CrossAttention::Full, "sdf"), (CrossAttention::TopKFirstChunk, "sdf_flash_topk")] {
             let got = decoder.decode_prepared(&part, &points, mode)?;
             checks.push(c.check(&format!("part{p} {key}"), &got, &t[key].i(p)?, tol)?);
         }
     }
-    out.push(("vae_decode".into(), checks));
-    Ok(out)
+    Ok(("vae_decode".into(), checks))
 }
 
 #[cfg(test)]

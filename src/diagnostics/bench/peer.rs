@@ -5,7 +5,8 @@
 //! Rows attach these only when they ran at the same size, so the ratio compares like with
 //! like on the stage level; a ratio on another card (L4, H200) compares cards as well.
 
-/// A stage of the peer baseline.
+/// A stage of the peer baseline (the whole table: not every row has a bench of its own yet).
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// SDXL Turbo prompt → image, 512², 1 step.
