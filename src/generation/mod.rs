@@ -4,6 +4,7 @@
 //! The manifest bookkeeping of a batch is in [`manifest`]. Commands only turn options into
 //! these calls.
 
+pub mod batch;
 pub mod manifest;
 
 use std::sync::Arc;
@@ -78,6 +79,10 @@ pub struct ConceptResult {
     /// Where the preview picture went (`--preview`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preview: Option<String>,
+    /// Retries with fewer tokens after running out of device memory (as in the asset's
+    /// `pipeline.settings.memory_retry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_retry: Option<serde_json::Value>,
 }
 
 /// Unless `force`, a concept already stored is reported as `exists` without generating it
@@ -111,6 +116,7 @@ impl ConceptResult {
             error: Some(err),
             timings_ms: None,
             preview: None,
+            memory_retry: None,
         }
     }
 }
@@ -133,10 +139,11 @@ pub fn request_for(
     }
 }
 
-/// Generates one concept with the primary generator, then the fallback, and stores it.
+/// Generates one concept with the primary generator, then the fallback, and stores it: the
+/// sequential path (both phases on this thread), which a batch ([`batch::run_batch`]) must
+/// match result for result.
 pub fn generate_one(request: &ShapeRequest, gens: &Generators, store: &Store, force: bool) -> ConceptResult {
     let c = &request.concept;
-    let rel = Store::shape_rel(&c.key);
     let attempt = |g: &dyn ShapeGenerator| -> Result<crate::asset::Asset> {
         let mut timings = crate::stage::Timings::default();
         let shape = g.generate(request, &mut timings)?;
@@ -157,9 +164,15 @@ pub fn generate_one(request: &ShapeRequest, gens: &Generators, store: &Store, fo
             None
         }
     });
-    let Some(asset) = asset else {
-        return ConceptResult::failed(c, errors.join("; "));
-    };
+    match asset {
+        Some(asset) => store_asset(c, asset, store, force),
+        None => ConceptResult::failed(c, errors.join("; ")),
+    }
+}
+
+/// Writes a concept's asset (unless stored and not `force`) and reports the outcome.
+pub fn store_asset(c: &Concept, asset: crate::asset::Asset, store: &Store, force: bool) -> ConceptResult {
+    let rel = Store::shape_rel(&c.key);
     let bytes = asset.to_json_bytes();
     let size = bytes.len();
     match store.put(&rel, bytes, force) {
@@ -179,8 +192,18 @@ pub fn generate_one(request: &ShapeRequest, gens: &Generators, store: &Store, fo
             error: None,
             timings_ms: Some(asset.timings_ms.clone()),
             preview: None,
+            memory_retry: asset.pipeline.settings.get("memory_retry").cloned(),
         },
         Err(e) => ConceptResult::failed(c, format!("{e:#}")),
+    }
+}
+
+/// The exit code of a batch: 1 when any concept failed or the manifest was not updated.
+pub fn batch_exit_code(results: &[ConceptResult], manifest_error: Option<&str>) -> u8 {
+    if results.iter().any(|r| r.status == "failed") || manifest_error.is_some() {
+        crate::error::exit::FAILED
+    } else {
+        crate::error::exit::OK
     }
 }
 
