@@ -110,7 +110,8 @@ fn cuda_info(cuda: &candle_core::CudaDevice) -> DeviceInfo {
         memory_mib: ctx.total_mem().map(|b| (b >> 20) as u64).unwrap_or(0),
         compute_capability: ctx.compute_capability().ok().map(|(a, b)| format!("{a}.{b}")),
         driver_cuda,
-        built_with_cuda: Some(env!("LUMEN_CUDA_TOOLKIT").to_string()),
+        // The toolkit and the PTX target: a driver older than the toolkit cannot JIT the PTX.
+        built_with_cuda: Some(format!("{} ({} PTX)", env!("LUMEN_CUDA_TOOLKIT"), crate::cuda::ptx::PTX_ARCH)),
         threads: None,
     }
 }
