@@ -270,7 +270,8 @@ pub struct PregenerateArgs {
     /// This machine's shard, INDEX/COUNT (e.g. 0/4).
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// Concepts processed in parallel (CPU work; model stages run one at a time).
+    /// CPU workers (marching cubes, sampling, encoding, previews, store writes) beside the one
+    /// device worker that runs the model stages; default one per core. Never more device memory.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: Option<u32>,
     /// Points per shape.

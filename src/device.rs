@@ -110,7 +110,8 @@ fn cuda_info(cuda: &candle_core::CudaDevice) -> DeviceInfo {
         memory_mib: ctx.total_mem().map(|b| (b >> 20) as u64).unwrap_or(0),
         compute_capability: ctx.compute_capability().ok().map(|(a, b)| format!("{a}.{b}")),
         driver_cuda,
-        built_with_cuda: Some(env!("LUMEN_CUDA_TOOLKIT").to_string()),
+        // The toolkit and the PTX target: a driver older than the toolkit cannot JIT the PTX.
+        built_with_cuda: Some(format!("{} ({} PTX)", env!("LUMEN_CUDA_TOOLKIT"), crate::cuda::ptx::PTX_ARCH)),
         threads: None,
     }
 }
@@ -133,5 +134,74 @@ pub fn label(device: &Device) -> String {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// A GPU's free and total memory, in bytes, as the driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryInfo {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl MemoryInfo {
+    /// "device memory 812 MiB free of 22563 MiB"
+    pub fn summary(&self) -> String {
+        format!("device memory {} MiB free of {} MiB", self.free_bytes >> 20, self.total_bytes >> 20)
+    }
+}
+
+/// `device`'s memory now; `None` on the CPU (host memory is not what a model run exhausts
+/// there) or when the driver does not answer.
+pub fn memory_info(device: &Device) -> Option<MemoryInfo> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some(MemoryInfo { free_bytes: free as u64, total_bytes: total as u64 });
+    }
+    let _ = device;
+    None
+}
+
+/// How the CUDA driver, cuBLAS and cuDNN say an allocation failed, as candle and `conv` pass
+/// their errors on (`DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")`,
+/// `CublasError(..)`, cuDNN 8's `ALLOC_FAILED`, cuDNN 9's
+/// `INTERNAL_ERROR_{HOST,DEVICE}_ALLOCATION_FAILED`, the codes `conv::plan` retries on).
+const OUT_OF_MEMORY_MARKERS: [&str; 5] = [
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "_ALLOCATION_FAILED",
+    "out of memory",
+];
+
+/// Whether `error` (anywhere in its chain) is the device running out of memory: a failure of
+/// that one concept at its size, not of the device or the batch.
+pub fn is_out_of_memory(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let text = format!("{cause} {cause:?}");
+        OUT_OF_MEMORY_MARKERS.iter().any(|m| text.contains(m))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_is_recognised_through_the_error_chain() {
+        let driver = candle_core::Error::Cuda(r#"DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")"#.into());
+        let e = anyhow::Error::from(driver).context("partcrafter_sample").context("image → parts");
+        assert!(is_out_of_memory(&e));
+        let blas = anyhow::anyhow!("CublasError(CUBLAS_STATUS_ALLOC_FAILED)").context("sdxl_unet");
+        assert!(is_out_of_memory(&blas));
+        // conv's cuDNN errors after its own workspace retries ("cuDNN {call}: {status:?}").
+        let cudnn9 = anyhow::anyhow!("cuDNN forward: CudnnError(CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED)");
+        assert!(is_out_of_memory(&cudnn9.context("sdxl_vae_decode")));
+        let other = anyhow::anyhow!("DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access\")");
+        assert!(!is_out_of_memory(&other.context("image → parts")));
+        let unsupported = anyhow::anyhow!("cuDNN forward: CudnnError(CUDNN_STATUS_NOT_SUPPORTED)");
+        assert!(!is_out_of_memory(&unsupported));
+        assert_eq!(memory_info(&Device::Cpu), None);
     }
 }

@@ -1,6 +1,8 @@
-//! From a concept to a stored asset: the generator interface, the procedural generator,
-//! and the final sampling + asset assembly shared by every pipeline. Assembly also grades
-//! the shape ([`crate::quality`]), so every pipeline's asset carries the same `quality` object.
+//! From a concept to a stored asset: the generator interface (a device phase and a CPU
+//! phase, so a batch can overlap one concept's model stages with another's CPU work), the
+//! procedural generator, and the final sampling + asset assembly shared by every pipeline.
+//! Assembly also grades the shape ([`crate::quality`]), so every pipeline's asset carries the
+//! same `quality` object.
 
 use anyhow::Result;
 use image::GrayImage;
@@ -10,7 +12,7 @@ use crate::concept::Concept;
 use crate::geometry::mesh::TriMesh;
 use crate::geometry::sampling::{sample_parts, SampleOptions};
 use crate::quality::{self, mask_stats, PartMeasure, Quality, ShapeFacts, Thresholds};
-use crate::stage::Timings;
+use crate::stage::{PartOutcome, Timings};
 
 /// Everything that decides what one concept's shape looks like.
 #[derive(Debug, Clone)]
@@ -62,14 +64,58 @@ pub struct NothingToSample {
     pub dropped: usize,
 }
 
-/// A pipeline that turns a request into part meshes.
+/// What a generator's device phase hands its CPU phase: host data only, never a tensor, so
+/// the CPU phase can run on another thread while the device takes the next concept.
+#[derive(Debug, Clone)]
+pub struct DeviceOutput {
+    /// Per part, in the model's order: a mesh, its decoded field still to be meshed, or why
+    /// it failed.
+    pub parts: Vec<PartOutcome>,
+    pub pipeline: PipelineInfo,
+    /// Intermediate images kept with `--keep-images` (file name, picture); PNG encoding is
+    /// CPU work, left to the CPU phase.
+    pub images: Vec<(String, image::DynamicImage)>,
+    /// The background remover's foreground mask, for grading (CPU work too).
+    pub mask: Option<GrayImage>,
+    /// Parts the model was asked for.
+    pub parts_requested: Option<usize>,
+}
+
+/// A pipeline that turns a request into part meshes, in two phases: everything that touches
+/// the device ([`run_device`](Self::run_device), on a batch's one device worker) and what is
+/// left for the CPU ([`finish_on_cpu`](Self::finish_on_cpu), on any CPU worker, at the same
+/// time as the device's next concept). A generator without model stages does all its work in
+/// the CPU phase.
 pub trait ShapeGenerator: Send + Sync {
     /// `"procedural"` or `"partcrafter"`.
     fn name(&self) -> &'static str;
-    fn generate(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<GeneratedShape>;
+
+    /// Where the device phase runs (`"cpu"`, `"cuda"`), for logs.
+    fn device_kind(&self) -> &str {
+        "cpu"
+    }
+
+    /// The model stages of one concept. `None`: this generator has no device phase.
+    fn run_device(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<Option<DeviceOutput>>;
+
+    /// The rest of one concept, from what [`run_device`](Self::run_device) returned; never
+    /// touches the device (`timings` synchronises nothing here).
+    fn finish_on_cpu(
+        &self,
+        request: &ShapeRequest,
+        device: Option<DeviceOutput>,
+        timings: &mut Timings,
+    ) -> Result<GeneratedShape>;
+
+    /// Both phases, one after the other (one concept outside a batch: preflight, tests).
+    fn generate(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<GeneratedShape> {
+        let device = self.run_device(request, timings)?;
+        timings.detach_device();
+        self.finish_on_cpu(request, device, timings)
+    }
 }
 
-/// The weight-free generator (see `procedural.rs`).
+/// The weight-free generator (see `procedural.rs`): all CPU.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProceduralGenerator;
 
@@ -78,7 +124,16 @@ impl ShapeGenerator for ProceduralGenerator {
         "procedural"
     }
 
-    fn generate(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<GeneratedShape> {
+    fn run_device(&self, _: &ShapeRequest, _: &mut Timings) -> Result<Option<DeviceOutput>> {
+        Ok(None)
+    }
+
+    fn finish_on_cpu(
+        &self,
+        request: &ShapeRequest,
+        _: Option<DeviceOutput>,
+        timings: &mut Timings,
+    ) -> Result<GeneratedShape> {
         let parts = timings
             .time("procedural", || crate::procedural::build(&request.concept.normalized, request.parts, request.seed));
         let template = crate::procedural::template_name(&request.concept.normalized).unwrap_or("generic");
@@ -96,6 +151,35 @@ impl ShapeGenerator for ProceduralGenerator {
             parts_requested: request.parts,
         })
     }
+}
+
+/// A device phase's parts as meshes: decoded fields go through marching cubes (timed as
+/// `marching_cubes`); a part without a usable surface is dropped with its reason, as a part
+/// the device could not make is.
+pub fn mesh_parts(parts: Vec<PartOutcome>, timings: &mut Timings) -> (Vec<GeneratedPart>, Vec<DroppedPart>) {
+    let mut meshes = Vec::new();
+    let mut dropped = Vec::new();
+    for (index, outcome) in parts.into_iter().enumerate() {
+        let mesh = match outcome {
+            PartOutcome::Mesh(mesh) => Ok(mesh),
+            PartOutcome::Lattice(lattice) => {
+                timings.time("marching_cubes", || lattice.extract_mesh()).map_err(|e| format!("part {index}: {e:#}"))
+            }
+            PartOutcome::Failed(reason) => Err(reason),
+        };
+        match mesh {
+            Ok(mesh) => meshes.push(GeneratedPart { name: None, mesh }),
+            Err(reason) => dropped.push(DroppedPart { index, reason }),
+        }
+    }
+    (meshes, dropped)
+}
+
+/// PNG bytes of a kept image.
+pub fn png_bytes(image: &image::DynamicImage) -> Result<Vec<u8>> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
 }
 
 /// Drops parts without a usable surface (reported, never sampled), samples the rest and

@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::Result;
 use image::{GrayImage, RgbImage};
 
+use crate::geometry::lattice::LatticeSurface;
 use crate::geometry::mesh::TriMesh;
 
 /// Per-stage wall times in milliseconds, in insertion order of first use.
@@ -23,9 +24,10 @@ use crate::geometry::mesh::TriMesh;
 /// would measure launches, not work. A `Timings` made [`for_device`](Self::for_device)
 /// synchronises that device before it starts and before it stops each stage's clock, so a
 /// stage's time holds all the work it queued (a no-op on the CPU).
-/// Field 0 holds the stage → milliseconds map; field 1 the device to synchronise.
+/// Field 0 holds the stage → milliseconds map; field 1 the device to synchronise; field 2
+/// the stage whose clock started last (the one an error comes from, e.g. out of memory).
 #[derive(Debug, Clone, Default)]
-pub struct Timings(pub BTreeMap<String, f64>, Option<candle_core::Device>);
+pub struct Timings(pub BTreeMap<String, f64>, Option<candle_core::Device>, Option<String>);
 
 impl PartialEq for Timings {
     fn eq(&self, other: &Self) -> bool {
@@ -36,7 +38,7 @@ impl PartialEq for Timings {
 impl Timings {
     /// Timings whose stages synchronise `device` around their clocks.
     pub fn for_device(device: &candle_core::Device) -> Self {
-        Self(BTreeMap::new(), device.is_cuda().then(|| device.clone()))
+        Self(BTreeMap::new(), device.is_cuda().then(|| device.clone()), None)
     }
 
     /// From now on, synchronise `device` around every stage's clock.
@@ -44,10 +46,22 @@ impl Timings {
         self.1 = device.is_cuda().then(|| device.clone());
     }
 
+    /// From now on, synchronise nothing: for the CPU share of a concept, which must never
+    /// wait on (or touch) the device the next concept is using.
+    pub fn detach_device(&mut self) {
+        self.1 = None;
+    }
+
+    /// The stage whose clock started last (`None` before any).
+    pub fn last_stage(&self) -> Option<&str> {
+        self.2.as_deref()
+    }
+
     /// Runs `f` inside the stage's span (`stage`, `device`: every event `f` logs names its
     /// stage), adds its wall time (device work included) to `stage`, and logs that time at
     /// debug level.
     pub fn time<T>(&mut self, stage: &str, f: impl FnOnce() -> T) -> T {
+        self.2 = Some(stage.to_string());
         let span = tracing::info_span!("stage", stage = %stage, device = %self.device_label());
         let _inside = span.enter();
         self.synchronize();
@@ -102,14 +116,26 @@ pub trait BackgroundRemoval: Send + Sync {
     fn prepare(&self, image: &RgbImage, timings: &mut Timings) -> Result<PreparedImage>;
 }
 
-/// One part as an image→parts stage returns it: a mesh, or why it could not be made.
+/// One part as an image→parts stage returns it: a mesh, its decoded field for the CPU to
+/// mesh (marching cubes runs beside the device's next concept), or why it could not be made.
 #[derive(Debug, Clone)]
 pub enum PartOutcome {
     Mesh(TriMesh),
+    Lattice(LatticeSurface),
     Failed(String),
+}
+
+/// What one image→parts call makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartsRequest {
+    pub num_parts: usize,
+    pub seed: u64,
+    /// Latent tokens per part; `None`: the stage's configured count. A retry after running
+    /// out of device memory asks for fewer.
+    pub tokens: Option<usize>,
 }
 
 /// Prepared image → N part meshes (in the model's own frame).
 pub trait ImageToParts: Send + Sync {
-    fn parts(&self, image: &RgbImage, num_parts: usize, seed: u64, timings: &mut Timings) -> Result<Vec<PartOutcome>>;
+    fn parts(&self, image: &RgbImage, request: PartsRequest, timings: &mut Timings) -> Result<Vec<PartOutcome>>;
 }

@@ -120,8 +120,10 @@ impl Current {
         let recorded = &asset.pipeline.settings;
         if made_by == "partcrafter" {
             self.compare_models(asset, &mut why);
+            let asked_tokens = tokens_asked(recorded);
             for (k, v) in &self.partcrafter_settings {
-                compare(&mut why, k, recorded.get(k), Some(v));
+                let r = if k == "tokens" { asked_tokens.as_ref().or(recorded.get(k)) } else { recorded.get(k) };
+                compare(&mut why, k, r, Some(v));
             }
             let prompt = crate::models::sdxl::prompt::canonical_prompt(&asset.normalized);
             compare(&mut why, "prompt", recorded.get("prompt"), Some(&Value::from(prompt)));
@@ -180,6 +182,12 @@ pub fn check_stored(store: &crate::store::Store, key: &str, current: &Current) -
         Ok((asset, _)) => current.why_stale(&asset),
         Err(e) => vec![format!("unreadable ({e})")],
     }))
+}
+
+/// The tokens per part a run asked for: `tokens` records what the parts were made with,
+/// fewer after running out of device memory (`memory_retry`), which is not another setting.
+fn tokens_asked(settings: &BTreeMap<String, Value>) -> Option<Value> {
+    settings.get("memory_retry")?.as_array()?.first()?.get("tokens_from").cloned()
 }
 
 /// Adds a reason when both values are known and differ (numbers compared as numbers).

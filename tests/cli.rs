@@ -165,40 +165,55 @@ fn shards_split_the_catalogue_without_overlap() {
     assert_eq!(json(&o)["shard"], "1/3");
 }
 
+/// A run killed halfway (SIGKILL) leaves only whole assets, and the next run generates
+/// exactly the rest. The run is slowed from outside: the GCS test server delays every answer.
 #[test]
 fn killed_pregenerate_resumes_and_leaves_no_partial_blob() {
     let w = workdir();
+    let server = GcsServer::start();
+    server.state.delay_ms.store(40, std::sync::atomic::Ordering::SeqCst);
+    server.state.slow_next.store(usize::MAX / 2, std::sync::atomic::Ordering::SeqCst);
+    let url = "gs://lumen-test/shapes-v1";
+    let shapes = |server: &GcsServer| -> Vec<String> {
+        server.object_names("lumen-test").into_iter().filter(|n| n.starts_with("shapes-v1/shapes/")).collect()
+    };
     let mut child = lumen()
         .current_dir(w.path())
-        .args(["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--jobs", "2"])
-        .env("LUMEN_DEBUG_CONCEPT_DELAY_MS", "40")
+        .args(["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--jobs", "2", "--store", url])
+        .env("GOOGLE_SERVICE_ACCOUNT_KEY", server.service_account_key())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while shapes_in(&w.path().join("out")).len() < 8 && start.elapsed() < Duration::from_secs(60) {
+    while shapes(&server).len() < 8 && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let partial = shapes_in(&w.path().join("out"));
+    let partial = shapes(&server);
     assert!(partial.len() >= 8 && partial.len() < 50, "killed after {} assets", partial.len());
-    for (name, bytes) in &partial {
-        Asset::decode(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for name in &partial {
+        Asset::decode(&server.get("lumen-test", name).unwrap().data).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    let o = pregenerate_top50(w.path(), &[]);
+    server.state.slow_next.store(0, std::sync::atomic::Ordering::SeqCst);
+    let o = lumen()
+        .current_dir(w.path())
+        .args(["pregenerate", "concepts/top50.json", "--pipeline", "procedural", "--json", "--store", url])
+        .env("GOOGLE_SERVICE_ACCOUNT_KEY", server.service_account_key())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["skipped"].as_u64().unwrap() as usize, partial.len());
     assert_eq!(v["done"].as_u64().unwrap() as usize, 50 - partial.len());
-    let all = shapes_in(&w.path().join("out"));
+    let all = shapes(&server);
     assert_eq!(all.len(), 50);
-    for bytes in all.values() {
-        Asset::decode(bytes).unwrap();
+    for name in &all {
+        Asset::decode(&server.get("lumen-test", name).unwrap().data).unwrap();
     }
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(w.path().join("out/manifest.json")).unwrap()).unwrap();
+    let manifest = server.get("lumen-test", "shapes-v1/manifest.json").expect("manifest written");
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.data).unwrap();
     assert_eq!(manifest["entries"].as_object().unwrap().len(), 50, "the rerun reconciles the manifest");
 }
 

@@ -385,7 +385,7 @@ fn partcrafter_golden_flop_count_matches_guide() {
 fn partcrafter_golden_stage_trait() {
     use lumen::geometry::mesh::TriMesh;
     use lumen::models::partcrafter::{PartCrafter, PartDecoder};
-    use lumen::stage::{ImageToParts, PartOutcome};
+    use lumen::stage::{ImageToParts, PartOutcome, PartsRequest};
 
     /// Fails every second call, else returns a one-vertex mesh from the latents.
     struct Probe(std::sync::atomic::AtomicUsize);
@@ -408,13 +408,13 @@ fn partcrafter_golden_stage_trait() {
     };
     let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 30, 30]));
     let mut timings = Timings::default();
-    let parts = stage.parts(&img, 4, 3, &mut timings).unwrap();
+    let parts = stage.parts(&img, PartsRequest { num_parts: 4, seed: 3, tokens: None }, &mut timings).unwrap();
     assert_eq!(parts.len(), 4);
     let failed: Vec<&String> = parts
         .iter()
         .filter_map(|p| match p {
             PartOutcome::Failed(m) => Some(m),
-            PartOutcome::Mesh(_) => None,
+            PartOutcome::Mesh(_) | PartOutcome::Lattice(_) => None,
         })
         .collect();
     assert_eq!(failed, ["part 1: no zero crossing", "part 3: no zero crossing"]);

@@ -40,8 +40,9 @@ pub struct Dims {
 /// Query rows per block of the fused kernel (4 warps × 16 rows).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
 pub const FUSED_BLOCK_Q: usize = 64;
-/// Keys per shared-memory tile of the fused kernel.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
+/// Keys per shared-memory tile of the fused kernel (`BLOCK_K` in the kernel source; the CPU
+/// model of the kernel and the tile-count tests read it).
+#[cfg(test)]
 pub const FUSED_BLOCK_K: usize = 64;
 /// Threads per block of the fused kernel.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
@@ -118,8 +119,8 @@ pub fn fused_grid(s: &Dims) -> (u32, u32, u32) {
 
 /// Key tiles the fused kernel visits for the query block starting at `q0`: all of them, or
 /// under the causal mask only those up to the block's last visible key
-/// (`q0 + FUSED_BLOCK_Q - 1 + lk - lq`). Mirrors `key_end`/`tiles` in the kernel.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // launched only in a CUDA build; tested everywhere
+/// (`q0 + FUSED_BLOCK_Q - 1 + lk - lq`). Mirrors `key_end`/`tiles` in the kernel, for tests.
+#[cfg(test)]
 pub fn fused_key_tiles(q0: usize, lq: usize, lk: usize, causal: bool) -> usize {
     let end = if causal { (q0 + FUSED_BLOCK_Q + lk).saturating_sub(lq).min(lk) } else { lk };
     end.div_ceil(FUSED_BLOCK_K)

@@ -1,4 +1,5 @@
-//! `lumen generate`: concepts given on the command line, one after the other.
+//! `lumen generate`: concepts given on the command line, through the same batch runner as
+//! `pregenerate` (one device worker, CPU work beside it); results print in the order given.
 
 use std::path::PathBuf;
 
@@ -7,11 +8,11 @@ use anyhow::Result;
 use super::{emit, emit_json};
 use crate::cli::GenerateArgs;
 use crate::concept::{check_parts, Concept};
-use crate::error::{exit, UsageError};
+use crate::error::UsageError;
+use crate::generation::batch::{default_cpu_workers, run_batch, BatchOptions, InOrder};
 use crate::generation::manifest::manifest_update;
 use crate::generation::{
-    add_preview, generate_one, load_generators, optional_catalog, request_for, stored_result, ConceptResult,
-    Generators, PipelineKind,
+    batch_exit_code, load_generators, optional_catalog, request_for, ConceptResult, Generators, PipelineKind,
 };
 use crate::pipeline::partcrafter::ModelOptions;
 use crate::quality::QualityOptions;
@@ -72,35 +73,42 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
         }
         Err(e) => return Err(e),
     };
-    let mut results = Vec::new();
-    for c in &opts.concepts {
-        let request = request_for(c, catalog.as_ref(), opts.parts, opts.seed, opts.points);
-        // A model run takes seconds on a GPU and minutes on a CPU: show that it is alive.
-        let spinner = crate::progress::spinner(format!("generating {}", c.text), super::stderr_is_tty() && !opts.json);
-        let mut result = stored_result(c, &store, opts.force)
-            .unwrap_or_else(|| generate_one(&request, &gens, &store, opts.force, &opts.quality));
-        if opts.preview {
-            add_preview(&store, &mut result);
-        }
-        spinner.finish_and_clear();
+    let requests: Vec<_> =
+        opts.concepts.iter().map(|c| request_for(c, catalog.as_ref(), opts.parts, opts.seed, opts.points)).collect();
+    // A model run takes seconds on a GPU and minutes on a CPU: show that it is alive.
+    let spinner =
+        crate::progress::spinner(format!("generating {}", opts.concepts[0].text), super::stderr_is_tty() && !opts.json);
+    // One line per concept, in the order given, each as soon as it and those before it are done.
+    let lines = InOrder::new(|r: &ConceptResult| {
         if !opts.json {
-            emit(&human_line(&result));
+            // emit clears the spinner while it writes.
+            emit(&human_line(r));
         }
-        results.push((result, c.normalized.clone(), crate::time::now_rfc3339()));
-    }
+    });
+    let batch = BatchOptions {
+        force: opts.force,
+        preview: opts.preview,
+        quality: opts.quality.clone(),
+        ..BatchOptions::new(default_cpu_workers())
+    };
+    let report = run_batch(&requests, &gens, &store, &batch, &lines);
+    spinner.finish_and_clear();
+    let now = crate::time::now_rfc3339();
+    let results: Vec<_> =
+        report.results.into_iter().zip(&opts.concepts).map(|(r, c)| (r, c.normalized.clone(), now.clone())).collect();
     let manifest_error = manifest_update(&store, &results);
-    let failed = results.iter().filter(|(r, _, _)| r.status == "failed").count();
-    let retried = results.iter().filter(|(r, _, _)| r.retried()).count();
-    let below_gate = results.iter().filter(|(r, _, _)| r.below_gate()).count();
+    let list: Vec<ConceptResult> = results.into_iter().map(|(r, _, _)| r).collect();
     if opts.json {
-        let list: Vec<&ConceptResult> = results.iter().map(|(r, _, _)| r).collect();
+        let failed = list.iter().filter(|r| r.status == "failed").count();
+        let retried = list.iter().filter(|r| r.retried()).count();
+        let below_gate = list.iter().filter(|r| r.below_gate()).count();
         emit_json(&serde_json::json!({
             "results": list, "failed": failed, "retried": retried, "below_gate": below_gate,
             "manifest_error": manifest_error,
         }));
     }
     // A concept still under --min-quality did not get what the run asked for: exit 1.
-    Ok(if failed > 0 || below_gate > 0 || manifest_error.is_some() { exit::FAILED } else { exit::OK })
+    Ok(batch_exit_code(&list, manifest_error.as_deref()))
 }
 
 pub fn human_line(r: &ConceptResult) -> String {

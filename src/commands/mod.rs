@@ -78,12 +78,6 @@ impl QualityArgs {
     }
 }
 
-/// An INFO event. Only `pregenerate` still calls it, until that command (being rewritten)
-/// logs through `tracing` itself; then this goes.
-pub fn log(msg: &str) {
-    tracing::info!("{msg}");
-}
-
 /// Set once stdout is found closed: nothing more is printed.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
@@ -94,8 +88,13 @@ pub fn emit(text: &str) {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return;
     }
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{text}").and_then(|_| out.flush()) {
+    // With every progress bar cleared (a line on a terminal never tears a spinner); any
+    // warning after, outside that lock.
+    let written = crate::progress::suspend(|| {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}").and_then(|_| out.flush())
+    });
+    if let Err(e) = written {
         STDOUT_CLOSED.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             tracing::warn!("stdout: {e}; printing no more results");

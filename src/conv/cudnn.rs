@@ -285,11 +285,6 @@ impl Engine {
         self.plans.get(shape).and_then(|p| p.choice.as_ref())
     }
 
-    /// Bytes of workspace the engine holds now.
-    pub fn workspace_bytes(&self) -> usize {
-        self.workspace.as_ref().map_or(0, |w| w.len())
-    }
-
     /// y = conv(x, w) [+ bias], queued on the engine's stream. On the first call at a shape
     /// the algorithms are measured (using `b.y` as scratch output) and the returned flag is true.
     ///

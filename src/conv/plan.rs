@@ -27,15 +27,6 @@ pub enum ElemType {
     BF16,
 }
 
-impl ElemType {
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            ElemType::F32 => 4,
-            ElemType::F16 | ElemType::BF16 => 2,
-        }
-    }
-}
-
 /// cuDNN's forward algorithms, in cuDNN's numbering (`cudnnConvolutionFwdAlgo_t`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algo {

@@ -4,7 +4,8 @@
 //! The manifest bookkeeping of a batch is in [`manifest`]. Commands only turn options into
 //! these calls.
 
-pub mod gated;
+pub mod attempts;
+pub mod batch;
 pub mod manifest;
 
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use serde::Serialize;
 
 use crate::concept::{default_seed, Catalog, Concept};
 use crate::pipeline::partcrafter::{ModelOptions, PartCrafterGenerator};
-use crate::quality::{QualityOptions, QualitySummary};
-use crate::shape::{ProceduralGenerator, ShapeGenerator, ShapeRequest};
+use crate::quality::QualitySummary;
+use crate::shape::{build_asset, ProceduralGenerator, ShapeGenerator, ShapeRequest};
 use crate::store::{PutOutcome, Store};
 
 /// Which pipeline, as the work sees it.
@@ -80,6 +81,10 @@ pub struct ConceptResult {
     /// Where the preview picture went (`--preview`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preview: Option<String>,
+    /// Retries with fewer tokens after running out of device memory (as in the asset's
+    /// `pipeline.settings.memory_retry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_retry: Option<serde_json::Value>,
     /// The stored asset's verdict, reasons, gate and attempts (new assets only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<QualitySummary>,
@@ -119,6 +124,7 @@ impl ConceptResult {
             error: Some(err),
             timings_ms: None,
             preview: None,
+            memory_retry: None,
             quality: None,
             stale: vec![],
         }
@@ -153,26 +159,41 @@ pub fn request_for(
     }
 }
 
-/// Generates one concept (retrying under a quality gate, see [`gated`]) and stores the
-/// kept attempt with its images.
-pub fn generate_one(
-    request: &ShapeRequest,
-    gens: &Generators,
-    store: &Store,
-    force: bool,
-    quality: &QualityOptions,
-) -> ConceptResult {
+/// Generates one concept with the primary generator, then the fallback, and stores it: the
+/// sequential path (both phases on this thread, graded with the default thresholds, no gate),
+/// which a batch ([`batch::run_batch`]) must match result for result. Commands never call it:
+/// they run the batch, the one place quality gates retry.
+pub fn generate_one(request: &ShapeRequest, gens: &Generators, store: &Store, force: bool) -> ConceptResult {
     let c = &request.concept;
-    let rel = Store::shape_rel(&c.key);
-    let run = gated::generate_gated(request, gens, quality);
-    let Some(gated::Built { asset, images }) = run.kept else {
-        return ConceptResult::failed(c, run.errors.join("; "));
-    };
-    if !images.is_empty() {
-        if let Err(e) = store_images(store, &c.key, &images) {
-            return ConceptResult::failed(c, format!("{e:#}"));
+    let attempt = |g: &dyn ShapeGenerator| -> Result<crate::asset::Asset> {
+        let mut timings = crate::stage::Timings::default();
+        let shape = g.generate(request, &mut timings)?;
+        if !shape.images.is_empty() {
+            store_images(store, &c.key, &shape.images)?;
         }
+        build_asset(request, shape, timings)
+    };
+    let mut errors = Vec::new();
+    if let Some(e) = &gens.primary_error {
+        errors.push(e.clone());
     }
+    let asset = gens.primary.iter().chain(gens.fallback.iter()).find_map(|g| match attempt(g.as_ref()) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!(key = %c.key, "{}: {} pipeline failed: {e:#}", c.text, g.name());
+            errors.push(format!("{}: {e:#}", g.name()));
+            None
+        }
+    });
+    match asset {
+        Some(asset) => store_asset(c, asset, store, force),
+        None => ConceptResult::failed(c, errors.join("; ")),
+    }
+}
+
+/// Writes a concept's asset (unless stored and not `force`) and reports the outcome.
+pub fn store_asset(c: &Concept, asset: crate::asset::Asset, store: &Store, force: bool) -> ConceptResult {
+    let rel = Store::shape_rel(&c.key);
     let bytes = asset.to_json_bytes();
     let size = bytes.len();
     match store.put(&rel, bytes, force) {
@@ -192,10 +213,21 @@ pub fn generate_one(
             error: None,
             timings_ms: Some(asset.timings_ms.clone()),
             preview: None,
+            memory_retry: asset.pipeline.settings.get("memory_retry").cloned(),
             quality: asset.quality.as_ref().map(QualitySummary::from),
             stale: vec![],
         },
         Err(e) => ConceptResult::failed(c, format!("{e:#}")),
+    }
+}
+
+/// The exit code of a batch: 1 when any concept failed, any stored one is still under the
+/// run's quality gate (it did not get what the run asked for), or the manifest was not updated.
+pub fn batch_exit_code(results: &[ConceptResult], manifest_error: Option<&str>) -> u8 {
+    if results.iter().any(|r| r.status == "failed" || r.below_gate()) || manifest_error.is_some() {
+        crate::error::exit::FAILED
+    } else {
+        crate::error::exit::OK
     }
 }
 

@@ -1,5 +1,6 @@
 //! Geometry: meshes, primitive shapes, surface sampling, the attachment channel and
-//! isosurface extraction.
+//! isosurface extraction (and the decoded lattices it runs on).
+pub mod lattice;
 pub mod marching_cubes;
 pub mod mesh;
 pub mod primitives;

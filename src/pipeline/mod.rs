@@ -2,4 +2,5 @@
 //! ([`partcrafter`]: SDXL Turbo → BriaRMBG → PartCrafter, assembled from the stage traits of
 //! [`crate::stage`]). The weight-free procedural generator lives in `crate::shape`.
 
+pub mod memory;
 pub mod partcrafter;

@@ -1,5 +1,7 @@
 //! The `partcrafter` pipeline: concept → prompt → SDXL Turbo → BriaRMBG → PartCrafter →
-//! part meshes. Assembled from the stage traits so each model stays in its own module.
+//! part meshes. Assembled from the stage traits so each model stays in its own module. Its
+//! device phase runs every model stage (and the SDF decoding); its CPU phase meshes the
+//! decoded fields and encodes the kept images.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -8,15 +10,16 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use image::RgbImage;
 
-use crate::asset::{DroppedPart, ModelInfo, PipelineInfo};
+use super::memory::{describe_memory, retry_tokens, MemoryRetry, OutOfDeviceMemory};
+use crate::asset::{ModelInfo, PipelineInfo};
 use crate::models::partcrafter::extract::{ExtractOptions, SurfaceExtractor};
 use crate::models::partcrafter::vae::SdfDecoder;
 use crate::models::partcrafter::{PartCrafter, PartCrafterLatents, SamplerOptions};
 use crate::models::rmbg::RmbgStage;
 use crate::models::sdxl::prompt::canonical_prompt;
 use crate::models::sdxl::{SdxlOptions, SdxlTurbo};
-use crate::shape::{GeneratedPart, GeneratedShape, ShapeGenerator, ShapeRequest};
-use crate::stage::{BackgroundRemoval, ImageToParts, PartOutcome, TextToImage, Timings};
+use crate::shape::{mesh_parts, png_bytes, DeviceOutput, GeneratedShape, ShapeGenerator, ShapeRequest};
+use crate::stage::{BackgroundRemoval, ImageToParts, PartOutcome, PartsRequest, TextToImage, Timings};
 use crate::weights::{self, WeightsSource};
 
 /// Settings of the model pipeline (command-line flags).
@@ -70,8 +73,9 @@ pub struct PartCrafterGenerator {
     /// of it and of each stage's precision.
     device: Device,
     device_settings: serde_json::Map<String, serde_json::Value>,
-    /// Model stages share one device: one concept at a time goes through them.
-    gpu: Mutex<()>,
+    /// One concept at a time through the model stages (a batch has one device worker; this
+    /// keeps any other caller to the same rule). CPU phases never take it.
+    device_phase: Mutex<()>,
 }
 
 impl PartCrafterGenerator {
@@ -90,7 +94,7 @@ impl PartCrafterGenerator {
             options,
             device: Device::Cpu,
             device_settings: serde_json::Map::new(),
-            gpu: Mutex::new(()),
+            device_phase: Mutex::new(()),
         }
     }
 
@@ -177,6 +181,8 @@ impl PartCrafterGenerator {
             ("partcrafter_sample", dtype),
             ("sdf_decoder", dtype),
         ];
+        // Weights were uploaded from this thread; a batch's device worker is another one.
+        device.synchronize().context("finishing the weight uploads")?;
         Ok(Self::from_stages(Box::new(sdxl), Box::new(rmbg), Box::new(parts), models, options.clone())
             .with_device(&device, &stage_dtypes))
     }
@@ -196,10 +202,85 @@ pub fn generation_settings(options: &ModelOptions) -> std::collections::BTreeMap
     settings
 }
 
-fn png_bytes(img: &RgbImage) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("PNG encoding to memory");
-    out.into_inner()
+impl PartCrafterGenerator {
+    /// SDXL Turbo → BriaRMBG → PartCrafter (latents and decoded fields) for one concept.
+    fn model_stages(&self, request: &ShapeRequest, num_parts: usize, timings: &mut Timings) -> Result<DeviceOutput> {
+        let prompt = canonical_prompt(&request.concept.normalized);
+        let reference = self.text_to_image.generate(&prompt, request.seed, timings).context("text → image")?;
+        let prepared = self.background.prepare(&reference, timings).context("background removal")?;
+        let (parts, tokens, retries) = self.parts_within_memory(&prepared.image, num_parts, request.seed, timings)?;
+        let mut images = Vec::new();
+        if self.options.keep_images {
+            images.push(("reference.png".to_string(), image::DynamicImage::ImageRgb8(reference)));
+            images.push(("mask.png".to_string(), image::DynamicImage::ImageLuma8(prepared.mask.clone())));
+            images.push(("prepared.png".to_string(), image::DynamicImage::ImageRgb8(prepared.image)));
+        }
+        let mut settings = generation_settings(&self.options);
+        settings.insert("prompt".into(), serde_json::Value::from(prompt));
+        // The tokens per part the parts were made with (fewer after running out of memory).
+        settings.insert("tokens".into(), tokens.into());
+        settings.insert("parts_requested".into(), num_parts.into());
+        if !retries.is_empty() {
+            settings.insert("memory_retry".into(), serde_json::to_value(&retries)?);
+        }
+        settings.extend(self.device_settings.clone());
+        Ok(DeviceOutput {
+            parts,
+            pipeline: PipelineInfo { name: "partcrafter".into(), models: self.models.clone(), settings },
+            images,
+            mask: Some(prepared.mask),
+            parts_requested: Some(num_parts),
+        })
+    }
+
+    /// The image→parts stage at the configured tokens per part, and again with fewer after
+    /// running out of device memory where that helps (see `pipeline::memory`). Returns the
+    /// parts, the tokens per part they were made with, and the retries.
+    fn parts_within_memory(
+        &self,
+        image: &RgbImage,
+        num_parts: usize,
+        seed: u64,
+        timings: &mut Timings,
+    ) -> Result<(Vec<PartOutcome>, usize, Vec<MemoryRetry>)> {
+        let mut tokens = self.options.tokens;
+        let mut retries = Vec::new();
+        loop {
+            let request = PartsRequest { num_parts, seed, tokens: Some(tokens) };
+            let error = match self.image_to_parts.parts(image, request, timings).context("image → parts") {
+                Ok(parts) => return Ok((parts, tokens, retries)),
+                Err(e) => e,
+            };
+            let stage = timings.last_stage().unwrap_or("image → parts").to_string();
+            let retry = crate::device::is_out_of_memory(&error).then(|| retry_tokens(&stage, tokens)).flatten();
+            let Some(fewer) = retry else {
+                return Err(self.explain_out_of_memory(error, &stage, num_parts, tokens));
+            };
+            let memory = crate::device::memory_info(&self.device);
+            tracing::warn!(
+                stage = %stage,
+                tokens_from = tokens,
+                tokens_to = fewer,
+                "out of device memory in {stage} ({num_parts} parts, {tokens} tokens per part; {}); \
+                 retrying with {fewer} tokens per part: {error:#}",
+                describe_memory(memory)
+            );
+            retries.push(MemoryRetry::new(&stage, tokens, fewer, memory));
+            // The failed attempt's buffers are dropped; let the device finish freeing them.
+            let _ = self.device.synchronize();
+            tokens = fewer;
+        }
+    }
+
+    /// An out-of-memory error gets its stage, size and the device's memory in front (once);
+    /// any other error is returned as it is.
+    fn explain_out_of_memory(&self, error: anyhow::Error, stage: &str, parts: usize, tokens: usize) -> anyhow::Error {
+        if !crate::device::is_out_of_memory(&error) || error.downcast_ref::<OutOfDeviceMemory>().is_some() {
+            return error;
+        }
+        let memory = crate::device::memory_info(&self.device);
+        error.context(OutOfDeviceMemory { stage: stage.to_string(), parts, tokens, memory })
+    }
 }
 
 impl ShapeGenerator for PartCrafterGenerator {
@@ -207,43 +288,43 @@ impl ShapeGenerator for PartCrafterGenerator {
         "partcrafter"
     }
 
-    fn generate(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<GeneratedShape> {
-        let _one_at_a_time = self.gpu.lock().unwrap_or_else(|p| p.into_inner());
+    fn device_kind(&self) -> &str {
+        self.device_settings.get("device").and_then(|d| d.as_str()).unwrap_or("cpu")
+    }
+
+    fn run_device(&self, request: &ShapeRequest, timings: &mut Timings) -> Result<Option<DeviceOutput>> {
+        let _one_at_a_time = self.device_phase.lock().unwrap_or_else(|p| p.into_inner());
         timings.sync_with(&self.device);
-        let prompt = canonical_prompt(&request.concept.normalized);
-        let reference = self.text_to_image.generate(&prompt, request.seed, timings).context("text → image")?;
-        let prepared = self.background.prepare(&reference, timings).context("background removal")?;
         let num_parts = request.parts.unwrap_or(crate::concept::DEFAULT_PARTS);
-        let outcomes =
-            self.image_to_parts.parts(&prepared.image, num_parts, request.seed, timings).context("image → parts")?;
-        let mut parts = Vec::new();
-        let mut dropped = Vec::new();
-        for (i, o) in outcomes.into_iter().enumerate() {
-            match o {
-                PartOutcome::Mesh(mesh) => parts.push(GeneratedPart { name: None, mesh }),
-                PartOutcome::Failed(reason) => dropped.push(DroppedPart { index: i, reason }),
+        match self.model_stages(request, num_parts, timings) {
+            Ok(output) => Ok(Some(output)),
+            Err(e) => {
+                let stage = timings.last_stage().unwrap_or("the model stages").to_string();
+                Err(self.explain_out_of_memory(e, &stage, num_parts, self.options.tokens))
             }
         }
-        let mut images = Vec::new();
-        if self.options.keep_images {
-            images.push(("reference.png".to_string(), png_bytes(&reference)));
-            let mut mask = Vec::new();
-            image::DynamicImage::ImageLuma8(prepared.mask.clone())
-                .write_to(&mut std::io::Cursor::new(&mut mask), image::ImageFormat::Png)?;
-            images.push(("mask.png".to_string(), mask));
-            images.push(("prepared.png".to_string(), png_bytes(&prepared.image)));
-        }
-        let mut settings = generation_settings(&self.options);
-        settings.insert("prompt".into(), serde_json::Value::from(prompt));
-        settings.insert("parts_requested".into(), num_parts.into());
-        settings.extend(self.device_settings.clone());
+    }
+
+    fn finish_on_cpu(
+        &self,
+        _: &ShapeRequest,
+        device: Option<DeviceOutput>,
+        timings: &mut Timings,
+    ) -> Result<GeneratedShape> {
+        let device = device.context("the partcrafter pipeline's CPU phase needs its device phase's output")?;
+        let (parts, dropped) = mesh_parts(device.parts, timings);
+        let images = device
+            .images
+            .iter()
+            .map(|(name, image)| Ok((name.clone(), png_bytes(image)?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(GeneratedShape {
             parts,
             dropped,
-            pipeline: PipelineInfo { name: "partcrafter".into(), models: self.models.clone(), settings },
+            pipeline: device.pipeline,
             images,
-            mask: Some(prepared.mask),
-            parts_requested: Some(num_parts),
+            mask: device.mask,
+            parts_requested: device.parts_requested,
         })
     }
 }

@@ -130,7 +130,7 @@ impl From<&Quality> for QualitySummary {
 mod tests {
     use super::*;
 
-    /// Shares just over a limit read as over it: one decimal, not `96 % (weak above 96 %)`.
+    /// Shares just over a limit read as over it: one decimal, not `98 % (weak above 98 %)`.
     #[test]
     fn reasons_show_a_share_just_over_its_limit_as_over_it() {
         let s = Signals {
@@ -139,7 +139,7 @@ mod tests {
             parts_produced: 3,
             parts_dropped: 0,
             smallest_area_share: 0.01,
-            largest_area_share: 0.9649,
+            largest_area_share: 0.9849,
             largest_point_share: 0.9,
             overlap: 0.8049,
             bbox_aspect: 2.0,
@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(
             q.reasons,
             [
-                "one part holds 96.5 % of the surface (weak above 96.0 %)",
+                "one part holds 98.5 % of the surface (weak above 98.0 %)",
                 "80.5 % of points lie inside another part's box (weak above 80.0 %)"
             ]
         );

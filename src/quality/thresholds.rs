@@ -52,7 +52,7 @@ impl Default for Thresholds {
             mask_coverage_bad_above: 0.98,
             mask_components_weak_above: 3,
             dropped_share_bad_above: 0.5,
-            largest_area_share_weak_above: 0.96,
+            largest_area_share_weak_above: 0.98,
             largest_area_share_bad_above: 0.99,
             smallest_area_share_weak_below: 0.002,
             overlap_weak_above: 0.8,

@@ -24,6 +24,11 @@
 //!
 //! A part whose field never crosses the level, or whose surface has no area, is an error: the
 //! pipeline drops it instead of sampling a placeholder.
+//!
+//! Each mode is split in two so a batch can overlap them: the decoding ([`decode_field`],
+//! every decoder call: device work) returns a [`PartLattice`] of plain host values, and
+//! [`PartLattice::extract`] (marching cubes and the surface check: CPU only) meshes it on a
+//! CPU worker while the device decodes the next concept. [`extract_field`] does both.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -33,7 +38,8 @@ use candle_core::Tensor;
 
 use super::vae::{CrossAttention, PreparedPart, SdfDecoder};
 use super::PartDecoder;
-use crate::geometry::marching_cubes::{marching_cubes_cells, marching_cubes_dense};
+pub use crate::geometry::lattice::check_surface;
+use crate::geometry::lattice::{node_key, CornerValues, LatticeSurface};
 use crate::geometry::mesh::TriMesh;
 use crate::stage::{PartOutcome, Timings};
 
@@ -176,6 +182,21 @@ pub struct PartGeometry {
     pub decoded_points: usize,
 }
 
+/// One part's decoded field before marching cubes: what the device hands the CPU.
+#[derive(Debug, Clone)]
+pub struct PartLattice {
+    pub surface: LatticeSurface,
+    /// Query points decoded for this part.
+    pub decoded_points: usize,
+}
+
+impl PartLattice {
+    /// Marching cubes and the surface check: CPU work only, no decoder call.
+    pub fn extract(&self) -> Result<PartGeometry> {
+        Ok(PartGeometry { mesh: self.surface.extract_mesh()?, decoded_points: self.decoded_points })
+    }
+}
+
 /// A batch field evaluator: points in, one value per point out (positive inside).
 pub type Field<'a> = dyn FnMut(&[[f32; 3]]) -> Result<Vec<f32>> + 'a;
 
@@ -186,18 +207,24 @@ pub fn extract_part(decoder: &SdfDecoder, latents: &Tensor, opts: &ExtractOption
 
 /// [`extract_part`] after [`SdfDecoder::prepare`].
 pub fn extract_prepared(decoder: &SdfDecoder, part: &PreparedPart, opts: &ExtractOptions) -> Result<PartGeometry> {
+    decode_prepared(decoder, part, opts)?.extract()
+}
+
+/// The decoder's share of [`extract_prepared`]: every field evaluation, no marching cubes.
+pub fn decode_prepared(decoder: &SdfDecoder, part: &PreparedPart, opts: &ExtractOptions) -> Result<PartLattice> {
     let mut first = true;
     let mut field = |pts: &[[f32; 3]]| {
         let mode = if first { opts.first_call_attention } else { CrossAttention::Full };
         first = false;
         decoder.decode_points(part, pts, mode)
     };
-    extract_field(&mut field, opts)
+    decode_field(&mut field, opts)
 }
 
-/// One part's latents → its surface: the SDF decoder's trunk (once per part), then the
-/// chosen extraction. Plugged into [`super::PartCrafter`] as its [`PartDecoder`]; an error
-/// (no surface, degenerate surface) drops that part only.
+/// One part's latents → its decoded lattice: the SDF decoder's trunk (once per part), then
+/// the chosen extraction's decoding. Plugged into [`super::PartCrafter`] as its
+/// [`PartDecoder`]; marching cubes is left to the CPU ([`PartOutcome::Lattice`]), and a part
+/// whose surface turns out empty or degenerate there is dropped alone.
 pub struct SurfaceExtractor {
     pub decoder: SdfDecoder,
     pub options: ExtractOptions,
@@ -206,32 +233,23 @@ pub struct SurfaceExtractor {
 impl PartDecoder for SurfaceExtractor {
     fn decode(&self, part_latents: &Tensor, timings: &mut Timings) -> Result<PartOutcome> {
         let part = timings.time("sdf_trunk", || self.decoder.prepare(part_latents))?;
-        let geometry = timings.time("sdf_extract", || extract_prepared(&self.decoder, &part, &self.options))?;
-        Ok(PartOutcome::Mesh(geometry.mesh))
+        let lattice = timings.time("sdf_extract", || decode_prepared(&self.decoder, &part, &self.options))?;
+        Ok(PartOutcome::Lattice(lattice.surface))
+    }
+}
+
+/// Evaluates any field where the chosen mode needs it (device work when the field is a
+/// decoder); [`PartLattice::extract`] then meshes it.
+pub fn decode_field(field: &mut Field, opts: &ExtractOptions) -> Result<PartLattice> {
+    match opts.mode {
+        ExtractMode::Reference => reference_decode(field, opts, None),
+        ExtractMode::Fast => fast_decode(field, opts),
     }
 }
 
 /// Extracts a mesh from any field with the chosen mode, and checks it.
 pub fn extract_field(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeometry> {
-    let geometry = match opts.mode {
-        ExtractMode::Reference => reference_extract(field, opts, None)?,
-        ExtractMode::Fast => fast_extract(field, opts)?,
-    };
-    check_surface(&geometry.mesh)?;
-    Ok(geometry)
-}
-
-/// A mesh the sampler can use: faces, finite vertices, and some area.
-pub fn check_surface(mesh: &TriMesh) -> Result<()> {
-    if mesh.faces.is_empty() {
-        bail!("no surface: the field does not cross level 0 inside the bounds");
-    }
-    mesh.validate().map_err(|e| anyhow::anyhow!("invalid mesh: {e}"))?;
-    let area = mesh.area();
-    if area.is_nan() || area <= 0.0 {
-        bail!("degenerate surface: {} faces with total area {area}", mesh.faces.len());
-    }
-    Ok(())
+    decode_field(field, opts)?.extract()
 }
 
 /// What the reference procedure decoded, for golden comparisons.
@@ -317,20 +335,50 @@ pub fn reference_extract(
     opts: &ExtractOptions,
     mut trace: Option<&mut ReferenceTrace>,
 ) -> Result<PartGeometry> {
+    let lattice = reference_decode(field, opts, trace.as_deref_mut())?;
+    let mesh = lattice.surface.mesh()?;
+    let decoded_points = lattice.decoded_points;
+    if let Some(t) = trace {
+        t.final_grid = lattice.surface.into_dense_values().expect("the reference decodes a dense grid");
+    }
+    Ok(PartGeometry { mesh, decoded_points })
+}
+
+/// The decoding of [`reference_extract`]: the dense grid, then each refinement level.
+fn reference_decode(
+    field: &mut Field,
+    opts: &ExtractOptions,
+    mut trace: Option<&mut ReferenceTrace>,
+) -> Result<PartLattice> {
     let (d0, d1) = (opts.dense_octree_depth, opts.hierarchical_octree_depth);
     if d1 < d0 || d1 > 10 {
         bail!("octree depths must satisfy dense ≤ hierarchical ≤ 10, got {d0} and {d1}");
     }
-    let b = opts.bounds;
     let mut n = 1usize << d0;
+    let mut grid = reference_dense_grid(field, opts.bounds, n, trace.as_deref_mut())?;
+    let mut decoded = n * n * n;
+    for depth in d0 + 1..=d1 {
+        let (fine, expanded) = reference_refine(field, opts, &grid, n, depth, trace.as_deref_mut())?;
+        decoded += expanded;
+        grid = fine;
+        n *= 2;
+    }
+    Ok(PartLattice { surface: LatticeSurface::Dense { values: grid, n, bounds: opts.bounds }, decoded_points: decoded })
+}
+
+/// The reference's first grid: every node of `linspace(−b, b, n)³`, x slowest.
+fn reference_dense_grid(
+    field: &mut Field,
+    b: f32,
+    n: usize,
+    mut trace: Option<&mut ReferenceTrace>,
+) -> Result<Vec<f32>> {
     let lin = torch_linspace(-b, b, n);
     let mut grid = vec![0f32; n * n * n];
-    let mut decoded = n * n * n;
-    let nn = n;
     evaluate_batched(
         field,
         n * n * n,
-        |f| [lin[f / (nn * nn)], lin[(f / nn) % nn], lin[f % nn]],
+        |f| [lin[f / (n * n)], lin[(f / n) % n], lin[f % n]],
         |start, pts, vals| {
             grid[start..start + vals.len()].copy_from_slice(vals);
             if let Some(t) = trace.as_deref_mut() {
@@ -339,186 +387,235 @@ pub fn reference_extract(
             }
         },
     )?;
-    for depth in d0 + 1..=d1 {
-        let fine = 1usize << depth;
-        // Nearest-neighbour ×2 upsample of the current grid.
-        let mut high = vec![0f32; fine * fine * fine];
-        for (idx, v) in high.iter_mut().enumerate() {
-            let (i, j, k) = (idx / (fine * fine), (idx / fine) % fine, idx % fine);
-            *v = grid[((i / 2) * n + j / 2) * n + k / 2];
-        }
-        // Band test on interior voxels, then dilation on the coarse grid.
-        let mut band = vec![false; n * n * n];
-        for i in 1..n.saturating_sub(1) {
-            for j in 1..n - 1 {
-                for k in 1..n - 1 {
-                    let idx = (i * n + j) * n + k;
-                    band[idx] = in_band(grid[idx]);
-                }
+    Ok(grid)
+}
+
+/// One refinement level of the reference: the n³ `grid` upsampled ×2, re-decoded where the
+/// dilated band test marks it. Returns the (2n)³ grid and the points decoded.
+fn reference_refine(
+    field: &mut Field,
+    opts: &ExtractOptions,
+    grid: &[f32],
+    n: usize,
+    depth: u32,
+    trace: Option<&mut ReferenceTrace>,
+) -> Result<(Vec<f32>, usize)> {
+    let fine = 1usize << depth;
+    // Nearest-neighbour ×2 upsample of the current grid.
+    let mut high = vec![0f32; fine * fine * fine];
+    for (idx, v) in high.iter_mut().enumerate() {
+        let (i, j, k) = (idx / (fine * fine), (idx / fine) % fine, idx % fine);
+        *v = grid[((i / 2) * n + j / 2) * n + k / 2];
+    }
+    // Band test on interior voxels, then dilation on the coarse grid.
+    let mut band = vec![false; n * n * n];
+    for i in 1..n.saturating_sub(1) {
+        for j in 1..n - 1 {
+            for k in 1..n - 1 {
+                let idx = (i * n + j) * n + k;
+                band[idx] = in_band(grid[idx]);
             }
         }
-        let radius = if n < 512 { 2 } else { 1 };
-        let marked: Vec<usize> =
-            dilate(&band, n, radius).iter().enumerate().filter_map(|(i, &m)| m.then_some(i)).collect();
-        let expanded = marked.len() * 8;
-        if opts.max_num_expanded_coords > 0 && expanded > opts.max_num_expanded_coords {
-            bail!(
-                "refinement to depth {depth} needs {expanded} points, more than max_num_expanded_coords {}",
-                opts.max_num_expanded_coords
-            );
-        }
-        // Fine index k ↦ (k − 2^(d−1)) · (b / 2^(d−1)), the factor rounded to f32 once as torch does.
-        let off = (fine / 2) as f32;
-        let factor = (b as f64 / (fine / 2) as f64) as f32;
-        let child = |e: usize| {
-            let c = marked[e / 8];
-            let o = e % 8;
-            let (i, j, k) = (c / (n * n), (c / n) % n, c % n);
-            [2 * i + (o >> 2), 2 * j + ((o >> 1) & 1), 2 * k + (o & 1)]
-        };
-        let mut level_points = vec![];
-        let mut level_logits = vec![];
-        evaluate_batched(
-            field,
-            expanded,
-            |e| child(e).map(|x| (x as f32 - off) * factor),
-            |start, pts, vals| {
-                for (e, &v) in (start..start + vals.len()).zip(vals) {
-                    let [i, j, k] = child(e);
-                    high[(i * fine + j) * fine + k] = v;
-                }
-                if trace.is_some() {
-                    level_points.extend_from_slice(pts);
-                    level_logits.extend_from_slice(vals);
-                }
-            },
-        )?;
-        if let Some(t) = trace.as_deref_mut() {
-            t.refine_points.push(level_points);
-            t.refine_logits.push(level_logits);
-        }
-        decoded += expanded;
-        grid = high;
-        n = fine;
     }
-    let mesh = marching_cubes_dense(&grid, [n, n, n], 0.0)?;
-    // Vertex frame: v / 2^d1 · (2b) + (−b), in f32 as upstream (so the mesh never reaches +b).
-    let size = b - (-b);
-    let mesh = mesh.map_vertices(|v| v.map(|x| x / n as f32 * size + (-b)));
+    let radius = if n < 512 { 2 } else { 1 };
+    let marked: Vec<usize> = dilate(&band, n, radius).iter().enumerate().filter_map(|(i, &m)| m.then_some(i)).collect();
+    let expanded = marked.len() * 8;
+    if opts.max_num_expanded_coords > 0 && expanded > opts.max_num_expanded_coords {
+        bail!(
+            "refinement to depth {depth} needs {expanded} points, more than max_num_expanded_coords {}",
+            opts.max_num_expanded_coords
+        );
+    }
+    // Fine index k ↦ (k − 2^(d−1)) · (b / 2^(d−1)), the factor rounded to f32 once as torch does.
+    let off = (fine / 2) as f32;
+    let factor = (opts.bounds as f64 / (fine / 2) as f64) as f32;
+    let child = |e: usize| {
+        let c = marked[e / 8];
+        let o = e % 8;
+        let (i, j, k) = (c / (n * n), (c / n) % n, c % n);
+        [2 * i + (o >> 2), 2 * j + ((o >> 1) & 1), 2 * k + (o & 1)]
+    };
+    let mut level_points = vec![];
+    let mut level_logits = vec![];
+    let tracing = trace.is_some();
+    evaluate_batched(
+        field,
+        expanded,
+        |e| child(e).map(|x| (x as f32 - off) * factor),
+        |start, pts, vals| {
+            for (e, &v) in (start..start + vals.len()).zip(vals) {
+                let [i, j, k] = child(e);
+                high[(i * fine + j) * fine + k] = v;
+            }
+            if tracing {
+                level_points.extend_from_slice(pts);
+                level_logits.extend_from_slice(vals);
+            }
+        },
+    )?;
     if let Some(t) = trace {
-        t.final_grid = grid;
+        t.refine_points.push(level_points);
+        t.refine_logits.push(level_logits);
     }
-    Ok(PartGeometry { mesh, decoded_points: decoded })
+    Ok((high, expanded))
 }
 
-/// Narrow-band coarse-to-fine extraction (module docs).
+/// Narrow-band coarse-to-fine extraction (module docs), meshed but not checked.
 pub fn fast_extract(field: &mut Field, opts: &ExtractOptions) -> Result<PartGeometry> {
-    fast_extract_with(field, opts, DENSE_NODES_MAX)
+    let lattice = fast_decode(field, opts)?;
+    Ok(PartGeometry { mesh: lattice.surface.mesh()?, decoded_points: lattice.decoded_points })
 }
 
-/// [`fast_extract`] with the dense node store allowed up to `dense_max` lattice nodes.
-fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -> Result<PartGeometry> {
+/// The decoding of [`fast_extract`]: the cells the surface crosses and their corner values.
+pub fn fast_decode(field: &mut Field, opts: &ExtractOptions) -> Result<PartLattice> {
+    fast_decode_with(field, opts, DENSE_NODES_MAX)
+}
+
+/// [`fast_decode`] with the dense node store allowed up to `dense_max` lattice nodes.
+fn fast_decode_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -> Result<PartLattice> {
     let (c, d) = (opts.fast_coarse_depth, opts.fast_depth);
     if c > d || d > 12 {
         bail!("fast extraction needs coarse depth ≤ depth ≤ 12, got {c} and {d}");
     }
-    let b = opts.bounds as f64;
-    let cells = 1u32 << d;
-    let nodes = cells as u64 + 1;
-    let h = 2.0 * b / cells as f64;
-    let coord = |j: u32| (-b + j as f64 * h) as f32;
-    let key = |i: u32, j: u32, k: u32| (i as u64 * nodes + j as u64) * nodes + k as u64;
-    let mut values = NodeStore::new(nodes * nodes * nodes, dense_max);
-    let mut decoded = 0usize;
-
-    let mut decode = |keys: Vec<[u32; 3]>, values: &mut NodeStore| -> Result<()> {
-        decoded += keys.len();
-        evaluate_batched(
-            field,
-            keys.len(),
-            |e| keys[e].map(coord),
-            |start, _, vals| {
-                for (e, &v) in (start..start + vals.len()).zip(vals) {
-                    let [i, j, k] = keys[e];
-                    values.insert(key(i, j, k), v);
-                }
-            },
-        )
-    };
-
-    // Coarse level: every node of the 2^c grid.
+    let mut lattice = NestedLattice::new(opts.bounds as f64, d, dense_max);
+    // Coarse level: every node of the 2^c grid, each cell active.
     let mut s = 1u32 << (d - c);
     let m = 1u32 << c;
     let coarse: Vec<[u32; 3]> =
         (0..=m).flat_map(|i| (0..=m).flat_map(move |j| (0..=m).map(move |k| [i * s, j * s, k * s]))).collect();
-    decode(coarse, &mut values)?;
-    // Largest slope along coarse edges: a Lipschitz estimate of the field (≈ 1 for an SDF).
-    let mut slope = 0f32;
-    for i in 0..=m {
-        for j in 0..=m {
-            for k in 0..=m {
-                let f0 = values.get(key(i * s, j * s, k * s)).expect("coarse node decoded");
-                for (di, dj, dk) in [(1, 0, 0), (0, 1, 0), (0, 0, 1)] {
-                    let (a, bb, cc) = (i + di, j + dj, k + dk);
-                    if a <= m && bb <= m && cc <= m {
-                        let f1 = values.get(key(a * s, bb * s, cc * s)).expect("coarse node decoded");
-                        slope = slope.max((f1 - f0).abs() / (s as f64 * h) as f32);
-                    }
-                }
-            }
-        }
-    }
+    lattice.decode(field, coarse)?;
+    let slope = lattice.coarse_slope(m, s);
     let mut active: Vec<[u32; 3]> =
         (0..m).flat_map(|i| (0..m).flat_map(move |j| (0..m).map(move |k| [i * s, j * s, k * s]))).collect();
-    let corners = |cell: [u32; 3], s: u32| -> [[u32; 3]; 8] {
-        std::array::from_fn(|q| {
-            [cell[0] + s * (q as u32 & 1), cell[1] + s * ((q as u32 >> 1) & 1), cell[2] + s * ((q as u32 >> 2) & 1)]
-        })
-    };
     loop {
-        // Decode the corners the active cells still miss.
-        let mut missing: Vec<[u32; 3]> = vec![];
-        for &cell in &active {
-            for p in corners(cell, s) {
-                if values.queue(key(p[0], p[1], p[2])) {
-                    missing.push(p);
-                }
-            }
-        }
-        if matches!(values, NodeStore::Sparse(_)) {
-            missing.sort_unstable();
-            missing.dedup();
-        }
-        decode(missing, &mut values)?;
-        let get = |p: [u32; 3]| values.get(key(p[0], p[1], p[2])).expect("corner decoded");
+        lattice.decode_missing_corners(field, &active, s)?;
         if s == 1 {
-            let surface: Vec<[u32; 3]> = active
-                .into_iter()
-                .filter(|&cell| {
-                    let f = corners(cell, 1).map(get);
-                    f.iter().any(|&x| x > 0.0) && f.iter().any(|&x| x <= 0.0)
-                })
-                .collect();
-            let value = |i: u32, j: u32, k: u32| values.get(key(i, j, k)).expect("corner decoded");
-            let n = nodes as usize;
-            let mesh = marching_cubes_cells(&surface, [n, n, n], 0.0, &value);
-            let mesh = mesh.map_vertices(|v| v.map(|x| (-b + x as f64 * h) as f32));
-            return Ok(PartGeometry { mesh, decoded_points: decoded });
+            return Ok(lattice.into_surface(active));
         }
-        let reach = opts.fast_band * slope * (s as f64 * h * 3f64.sqrt()) as f32;
+        let reach = opts.fast_band * slope * (s as f64 * lattice.h * 3f64.sqrt()) as f32;
         let kept: Vec<[u32; 3]> = active
             .iter()
             .copied()
             .filter(|&cell| {
-                let f = corners(cell, s).map(get);
-                let sign_change = f.iter().any(|&x| x > 0.0) && f.iter().any(|&x| x <= 0.0);
-                sign_change || f.iter().all(|x| x.abs() <= reach)
+                let f = lattice.corner_values(cell, s);
+                changes_sign(&f) || f.iter().all(|x| x.abs() <= reach)
             })
             .collect();
-        // Margin around every kept cell (deduplicated at this level), then split each into 8:
-        // distinct parents have distinct children, so only the parents need sorting.
-        let per_axis = cells / s;
-        let r = opts.fast_dilate as i64;
+        active = lattice.refine(&kept, s, opts.fast_dilate);
+        s /= 2;
+    }
+}
+
+/// The corners of the cell at `cell` of size `s` (node units).
+fn corners(cell: [u32; 3], s: u32) -> [[u32; 3]; 8] {
+    std::array::from_fn(|q| {
+        [cell[0] + s * (q as u32 & 1), cell[1] + s * ((q as u32 >> 1) & 1), cell[2] + s * ((q as u32 >> 2) & 1)]
+    })
+}
+
+/// Whether the surface (level 0; above is inside) crosses between these corner values.
+fn changes_sign(f: &[f32; 8]) -> bool {
+    f.iter().any(|&x| x > 0.0) && f.iter().any(|&x| x <= 0.0)
+}
+
+/// The fast mode's nested lattice (2^D cells per axis over [−b, b]³) while it is refined:
+/// the values decoded so far and how many.
+struct NestedLattice {
+    bounds: f64,
+    cells: u32,
+    nodes: u64,
+    /// Node spacing.
+    h: f64,
+    values: NodeStore,
+    dense_max: u64,
+    decoded: usize,
+}
+
+impl NestedLattice {
+    fn new(bounds: f64, depth: u32, dense_max: u64) -> Self {
+        let cells = 1u32 << depth;
+        let nodes = cells as u64 + 1;
+        let h = 2.0 * bounds / cells as f64;
+        let values = NodeStore::new(nodes * nodes * nodes, dense_max);
+        Self { bounds, cells, nodes, h, values, dense_max, decoded: 0 }
+    }
+
+    fn key(&self, p: [u32; 3]) -> u64 {
+        node_key(self.nodes, p)
+    }
+
+    fn value(&self, p: [u32; 3]) -> f32 {
+        self.values.get(self.key(p)).expect("node decoded")
+    }
+
+    fn corner_values(&self, cell: [u32; 3], s: u32) -> [f32; 8] {
+        corners(cell, s).map(|p| self.value(p))
+    }
+
+    /// Evaluates the field at `nodes` and stores the values.
+    fn decode(&mut self, field: &mut Field, nodes: Vec<[u32; 3]>) -> Result<()> {
+        self.decoded += nodes.len();
+        let (b, h) = (self.bounds, self.h);
+        let coord = |j: u32| (-b + j as f64 * h) as f32;
+        let n = self.nodes;
+        let values = &mut self.values;
+        evaluate_batched(
+            field,
+            nodes.len(),
+            |e| nodes[e].map(coord),
+            |start, _, vals| {
+                for (e, &v) in (start..start + vals.len()).zip(vals) {
+                    values.insert(node_key(n, nodes[e]), v);
+                }
+            },
+        )
+    }
+
+    /// Decodes the corners of the `active` cells (size `s`) not decoded yet.
+    fn decode_missing_corners(&mut self, field: &mut Field, active: &[[u32; 3]], s: u32) -> Result<()> {
+        let mut missing: Vec<[u32; 3]> = vec![];
+        for &cell in active {
+            for p in corners(cell, s) {
+                if self.values.queue(self.key(p)) {
+                    missing.push(p);
+                }
+            }
+        }
+        if matches!(self.values, NodeStore::Sparse(_)) {
+            missing.sort_unstable();
+            missing.dedup();
+        }
+        self.decode(field, missing)
+    }
+
+    /// Largest slope along the coarse grid's edges (`m` cells of size `s` per axis): a
+    /// Lipschitz estimate of the field (≈ 1 for an SDF).
+    fn coarse_slope(&self, m: u32, s: u32) -> f32 {
+        let mut slope = 0f32;
+        let step = (s as f64 * self.h) as f32;
+        for i in 0..=m {
+            for j in 0..=m {
+                for k in 0..=m {
+                    let f0 = self.value([i * s, j * s, k * s]);
+                    for (di, dj, dk) in [(1, 0, 0), (0, 1, 0), (0, 0, 1)] {
+                        let (a, bb, cc) = (i + di, j + dj, k + dk);
+                        if a <= m && bb <= m && cc <= m {
+                            let f1 = self.value([a * s, bb * s, cc * s]);
+                            slope = slope.max((f1 - f0).abs() / step);
+                        }
+                    }
+                }
+            }
+        }
+        slope
+    }
+
+    /// The `kept` cells of size `s` with `dilate` cells of margin (deduplicated), each split
+    /// into its 8 children. Distinct parents have distinct children, so only the parents need
+    /// deduplicating.
+    fn refine(&self, kept: &[[u32; 3]], s: u32, dilate: u32) -> Vec<[u32; 3]> {
+        let per_axis = self.cells / s;
+        let r = dilate as i64;
         let mut parents: Vec<[u32; 3]> = Vec::with_capacity(kept.len() * (2 * r as usize + 1).pow(3));
         for cell in kept {
             let g = cell.map(|x| x / s);
@@ -533,14 +630,14 @@ fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -
                 }
             }
         }
-        if (per_axis as u64).pow(3) <= dense_max {
+        if (per_axis as u64).pow(3) <= self.dense_max {
             // Dedup through a bitmap of this level's cells (also yields sorted order).
-            let mut seen = vec![false; (per_axis as usize).pow(3)];
+            let pa = per_axis as usize;
+            let mut seen = vec![false; pa.pow(3)];
             for p in &parents {
                 let g = p.map(|x| (x / s) as usize);
-                seen[(g[0] * per_axis as usize + g[1]) * per_axis as usize + g[2]] = true;
+                seen[(g[0] * pa + g[1]) * pa + g[2]] = true;
             }
-            let pa = per_axis as usize;
             parents = (0..seen.len())
                 .filter(|&i| seen[i])
                 .map(|i| [(i / (pa * pa)) as u32 * s, ((i / pa) % pa) as u32 * s, (i % pa) as u32 * s])
@@ -550,14 +647,25 @@ fn fast_extract_with(field: &mut Field, opts: &ExtractOptions, dense_max: u64) -
             parents.dedup();
         }
         let half = s / 2;
-        active = parents
+        parents
             .iter()
             .flat_map(|p| {
                 (0..8u32)
                     .map(move |o| [p[0] + half * (o & 1), p[1] + half * ((o >> 1) & 1), p[2] + half * ((o >> 2) & 1)])
             })
-            .collect();
-        s = half;
+            .collect()
+    }
+
+    /// The finest level's cells the surface crosses and their corner values: all marching
+    /// cubes needs, a small fraction of the lattice.
+    fn into_surface(self, active: Vec<[u32; 3]>) -> PartLattice {
+        let cells: Vec<[u32; 3]> =
+            active.into_iter().filter(|&cell| changes_sign(&self.corner_values(cell, 1))).collect();
+        let corners = CornerValues::gather(&cells, self.nodes, |k| self.values.get(k).expect("corner decoded"));
+        PartLattice {
+            surface: LatticeSurface::Cells { cells, corners, nodes: self.nodes, bounds: self.bounds },
+            decoded_points: self.decoded,
+        }
     }
 }
 
@@ -574,8 +682,8 @@ mod tests {
             0.2 - (r * r + p[2] * p[2]).sqrt()
         };
         let mut field = |pts: &[[f32; 3]]| Ok(pts.iter().map(torus).collect());
-        let dense = fast_extract_with(&mut field, &opts, DENSE_NODES_MAX).unwrap();
-        let sparse = fast_extract_with(&mut field, &opts, 0).unwrap();
+        let dense = fast_decode_with(&mut field, &opts, DENSE_NODES_MAX).unwrap().extract().unwrap();
+        let sparse = fast_decode_with(&mut field, &opts, 0).unwrap().extract().unwrap();
         println!(
             "torus: {} decoded, {} faces, area {:.4} (exact {:.4})",
             dense.decoded_points,

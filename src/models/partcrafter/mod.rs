@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use crate::stage::{ImageToParts, PartOutcome, Timings};
+use crate::stage::{ImageToParts, PartOutcome, PartsRequest, Timings};
 use crate::weights::{
     check_safetensors_file, open_model_dir, read_config, safetensors_files, WeightsSource, PARTCRAFTER,
 };
@@ -154,9 +154,10 @@ impl PartCrafterLatents {
     }
 }
 
-/// Part latents (tokens, latent channels) → one part's mesh: the VAE decoder and surface
-/// extraction (issue 6) plug in here. An `Err` becomes [`PartOutcome::Failed`] for that part
-/// only, as upstream turns a failed extraction into a missing mesh.
+/// Part latents (tokens, latent channels) → one part's surface: the VAE decoder and surface
+/// extraction plug in here. An `Err` becomes [`PartOutcome::Failed`] for that part only, as
+/// upstream turns a failed extraction into a missing mesh — except running out of device
+/// memory, which fails the whole call (a smaller run may fit; a dropped part would hide it).
 pub trait PartDecoder: Send + Sync {
     fn decode(&self, part_latents: &Tensor, timings: &mut Timings) -> Result<PartOutcome>;
 }
@@ -170,14 +171,19 @@ pub struct PartCrafter<Dec: PartDecoder> {
 }
 
 impl<Dec: PartDecoder> ImageToParts for PartCrafter<Dec> {
-    fn parts(&self, image: &RgbImage, num_parts: usize, seed: u64, timings: &mut Timings) -> Result<Vec<PartOutcome>> {
-        let opts = SamplerOptions { seed, ..self.options.clone() };
-        let latents = self.latents.generate(image, num_parts, &opts, timings)?;
-        (0..num_parts)
+    fn parts(&self, image: &RgbImage, request: PartsRequest, timings: &mut Timings) -> Result<Vec<PartOutcome>> {
+        let opts = SamplerOptions {
+            seed: request.seed,
+            tokens: request.tokens.unwrap_or(self.options.tokens),
+            ..self.options.clone()
+        };
+        let latents = self.latents.generate(image, request.num_parts, &opts, timings)?;
+        (0..request.num_parts)
             .map(|p| {
                 let part = latents.get(p)?;
                 Ok(match self.decoder.decode(&part, timings) {
                     Ok(outcome) => outcome,
+                    Err(e) if crate::device::is_out_of_memory(&e) => return Err(e.context(format!("part {p}"))),
                     Err(e) => PartOutcome::Failed(format!("part {p}: {e:#}")),
                 })
             })
