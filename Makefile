@@ -12,13 +12,14 @@ CUDA_BIN = $(CUDA_TARGET)/release/lumen
 CUDA_COMPUTE_CAP ?= 80
 CUDA_FEATURES ?= cuda,cudnn
 
-.PHONY: help build run test lint bench preflight cuda cuda-run cuda-dist fmt clean-out
+.PHONY: help build run test lint lint-cuda bench preflight cuda cuda-run cuda-dist fmt clean-out
 
 help:
 	@echo "make build      release build (CPU)"
 	@echo "make run        pregenerate $(CATALOG) into $(STORE) (PIPELINE=$(PIPELINE))"
 	@echo "make test       the whole test suite (what CI runs)"
 	@echo "make lint       cargo fmt --check and clippy -D warnings (CI runs these first)"
+	@echo "make lint-cuda  clippy -D warnings over the cuda feature's code (needs the toolkit; not in CI)"
 	@echo "make bench      every benchmark suite (slow on CPU: minutes)"
 	@echo "make preflight  store, device, catalogue and end-to-end checks"
 	@echo "make cuda       CUDA release build into $(CUDA_BIN) (installs a pinned toolkit if needed)"
@@ -53,6 +54,16 @@ cuda:
 	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CUDA_TARGET) \
 	  $(CARGO) build --release --locked --features $(CUDA_FEATURES)
 	@echo "built $(CUDA_BIN)"
+
+# The cuda feature's code type-checks only with the toolkit at hand (candle's kernels build
+# with nvcc), so CI cannot run this; it shares the CUDA build folder, so it is quick once
+# `make cuda` has run.
+lint-cuda:
+	@cu="$$(scripts/cuda-toolchain.sh | tail -1)" && [ -x "$$cu/bin/nvcc" ] || \
+	  { echo "make lint-cuda: the CUDA toolchain is not installed (scripts/cuda-toolchain.sh failed)" >&2; exit 1; } && \
+	  CUDA_HOME="$$cu" PATH="$$cu/bin:$$PATH" LIBRARY_PATH="$$cu/lib:$$cu/lib/stubs" \
+	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CUDA_TARGET) \
+	  $(CARGO) clippy --release --locked --features $(CUDA_FEATURES) --all-targets -- -D warnings
 
 cuda-run: cuda
 	$(CUDA_BIN) pregenerate $(CATALOG) --pipeline partcrafter --store $(STORE)

@@ -37,6 +37,10 @@ pub struct Asset {
     /// Parts the model produced but that could not be turned into a surface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped_parts: Vec<DroppedPart>,
+    /// Quality signals and verdict (`crate::quality`); absent in assets made before they
+    /// existed, which count as unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::quality::Quality>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -66,6 +70,9 @@ pub struct PipelineInfo {
 pub struct ModelInfo {
     pub id: String,
     pub revision: String,
+    /// The licence the model card names (e.g. `mit`, `bria-rmbg-1.4`); absent in older assets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,6 +243,7 @@ mod tests {
             timings_ms: Default::default(),
             tool: ToolInfo::current(),
             dropped_parts: vec![],
+            quality: None,
         }
     }
 

@@ -71,7 +71,7 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Generate every concept of a catalogue that is not stored yet (idempotent, resumable, shardable).
     #[command(
-        after_help = "Sharding: --shard I/N, else CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT (Cloud Run Jobs),\nelse JOB_COMPLETION_INDEX with LUMEN_SHARD_COUNT (Kubernetes Indexed Jobs).\nShards split by key, so two shards never write the same asset; rerun a failed shard as is.\n\nExamples:\n  lumen pregenerate concepts/top50.json --pipeline procedural\n  lumen pregenerate concepts/top50.json --store gs://bucket/prefix --shard 0/4 --json"
+        after_help = "Sharding: --shard I/N, else CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT (Cloud Run Jobs),\nelse JOB_COMPLETION_INDEX with LUMEN_SHARD_COUNT (Kubernetes Indexed Jobs).\nShards split by key, so two shards never write the same asset; rerun a failed shard as is.\nQuality: --min-quality ok|weak retries a concept under it with derived seeds (--retries N) and keeps the best;\none still under it is stored marked and the run exits 1. --stale regenerates only what an older model or setting made.\n\nExamples:\n  lumen pregenerate concepts/top50.json --pipeline procedural\n  lumen pregenerate concepts/top50.json --store gs://bucket/prefix --shard 0/4 --json\n  lumen pregenerate concepts/top50.json --min-quality ok --retries 3\n  lumen pregenerate concepts/top50.json --stale"
     )]
     Pregenerate(PregenerateArgs),
     /// Check, fast, that the store, device, catalogue, weights and a tiny end-to-end run work.
@@ -81,7 +81,7 @@ pub enum Command {
     Preflight(PreflightArgs),
     /// Summarise what a store holds: counts, sizes, pipelines, timings, collisions, invalid blobs.
     #[command(
-        after_help = "Exits 2 when the store holds invalid blobs (they are listed, never fatal to the report).\n\nExamples:\n  lumen stats\n  lumen stats --store gs://bucket/prefix --json\n  lumen stats --repair    # rebuild manifest.json from the stored assets"
+        after_help = "Exits 2 when the store holds invalid blobs (they are listed, never fatal to the report).\nStale: assets whose recorded model revisions or settings differ from what the given pipeline and\nmodel flags would record now (revisions are resolved from the cache or --weights, no weights load).\n\nExamples:\n  lumen stats\n  lumen stats --store gs://bucket/prefix --json\n  lumen stats --pipeline partcrafter --steps 50 --catalog concepts/top50.json\n  lumen stats --repair    # rebuild manifest.json from the stored assets"
     )]
     Stats(StatsArgs),
     /// Download and verify the model files a pipeline needs, without generating anything.
@@ -171,6 +171,28 @@ pub struct ModelArgs {
     pub revisions: Vec<(String, String)>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MinQualityArg {
+    /// Accept weak shapes; retry bad ones.
+    Weak,
+    /// Accept only ok shapes; retry weak and bad ones.
+    Ok,
+}
+
+#[derive(Debug, Args)]
+pub struct QualityArgs {
+    /// Retry a concept whose verdict is under this (with the next derived seed), keeping the
+    /// best attempt; one still under it is stored marked as such and makes the exit code 1.
+    #[arg(long, value_enum, value_name = "weak|ok")]
+    pub min_quality: Option<MinQualityArg>,
+    /// Extra attempts per concept under --min-quality.
+    #[arg(long, default_value_t = 2, requires = "min_quality", value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub retries: u32,
+    /// JSON file overriding quality thresholds (any subset of the fields the README lists).
+    #[arg(long, value_name = "FILE.json", env = "LUMEN_QUALITY_THRESHOLDS")]
+    pub quality_thresholds: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Pipeline whose files to fetch (`procedural` needs none).
@@ -228,6 +250,8 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "CATALOG.json", default_value = "concepts/top50.json")]
     pub catalog: PathBuf,
     #[command(flatten)]
+    pub quality: QualityArgs,
+    #[command(flatten)]
     pub model: ModelArgs,
 }
 
@@ -256,12 +280,18 @@ pub struct PregenerateArgs {
     /// Regenerate and overwrite concepts that are already stored.
     #[arg(long)]
     pub force: bool,
+    /// Regenerate (overwrite) only the stored assets whose recorded model revisions or
+    /// settings differ from this run's (see `lumen stats`); missing ones are generated as usual.
+    #[arg(long, conflicts_with = "force")]
+    pub stale: bool,
     /// Also store a preview picture of each asset (previews/<key>.png; see `lumen preview`).
     #[arg(long)]
     pub preview: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub quality: QualityArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -310,6 +340,21 @@ pub struct StatsArgs {
     /// Rebuild manifest.json from the valid assets in the store.
     #[arg(long)]
     pub repair: bool,
+    /// Count as stale what this pipeline would not make now (default: each asset against its
+    /// own pipeline's current settings).
+    #[arg(long, value_enum)]
+    pub pipeline: Option<PipelineArg>,
+    /// Points per shape a current run makes.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub points: u32,
+    /// Compare part counts and seeds with this catalogue too.
+    #[arg(long, value_name = "CATALOG.json")]
+    pub catalog: Option<PathBuf>,
+    /// Weakest assets to list.
+    #[arg(long, default_value_t = 10)]
+    pub weakest: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Debug, Args)]

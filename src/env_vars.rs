@@ -35,6 +35,7 @@ pub const READ: &[EnvVar] = &[
     lumen("LUMEN_STORE", "default of --store (folder, file://, gs://BUCKET/PREFIX, memory://)"),
     lumen("LUMEN_WEIGHTS", "default of --weights (a folder of model files instead of the hub cache)"),
     lumen("LUMEN_REVISION", "revision overrides REPO=REV, comma-separated (--revision wins)"),
+    lumen("LUMEN_QUALITY_THRESHOLDS", "default of --quality-thresholds (a JSON file overriding grading thresholds)"),
     lumen("LUMEN_STORE_TIMEOUT_MS", "timeout of one remote store request"),
     lumen("LUMEN_STORE_RETRIES", "retries of a remote store request"),
     lumen("LUMEN_SHARD_COUNT", "shard count beside JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's completions)"),

@@ -1,13 +1,17 @@
 //! From a concept to a stored asset: the generator interface (a device phase and a CPU
 //! phase, so a batch can overlap one concept's model stages with another's CPU work), the
 //! procedural generator, and the final sampling + asset assembly shared by every pipeline.
+//! Assembly also grades the shape ([`crate::quality`]), so every pipeline's asset carries the
+//! same `quality` object.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use image::GrayImage;
 
 use crate::asset::{self, Asset, DroppedPart, ModelInfo, PartSummary, PipelineInfo, ToolInfo};
 use crate::concept::Concept;
 use crate::geometry::mesh::TriMesh;
 use crate::geometry::sampling::{sample_parts, SampleOptions};
+use crate::quality::{self, mask_stats, PartMeasure, Quality, ShapeFacts, Thresholds};
 use crate::stage::{PartOutcome, Timings};
 
 /// Everything that decides what one concept's shape looks like.
@@ -37,6 +41,27 @@ pub struct GeneratedShape {
     pub pipeline: PipelineInfo,
     /// Intermediate images (name, PNG bytes) kept with `--keep-images`.
     pub images: Vec<(String, Vec<u8>)>,
+    /// The background remover's foreground mask (None: the pipeline has no mask).
+    pub mask: Option<GrayImage>,
+    /// Parts the generator was asked for (None: it chose its own count).
+    pub parts_requested: Option<usize>,
+}
+
+impl GeneratedShape {
+    /// What grading needs from the generator besides the cloud.
+    pub fn facts(&self) -> ShapeFacts {
+        ShapeFacts { mask: self.mask.as_ref().map(mask_stats), parts_requested: self.parts_requested }
+    }
+}
+
+/// Every part of a shape was dropped: nothing to sample. Carries what grading needs, so a
+/// gated run records the attempt as `bad` rather than as an unexplained error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("every part failed, nothing to sample ({reasons})")]
+pub struct NothingToSample {
+    pub reasons: String,
+    pub facts: ShapeFacts,
+    pub dropped: usize,
 }
 
 /// What a generator's device phase hands its CPU phase: host data only, never a tensor, so
@@ -50,6 +75,10 @@ pub struct DeviceOutput {
     /// Intermediate images kept with `--keep-images` (file name, picture); PNG encoding is
     /// CPU work, left to the CPU phase.
     pub images: Vec<(String, image::DynamicImage)>,
+    /// The background remover's foreground mask, for grading (CPU work too).
+    pub mask: Option<GrayImage>,
+    /// Parts the model was asked for.
+    pub parts_requested: Option<usize>,
 }
 
 /// A pipeline that turns a request into part meshes, in two phases: everything that touches
@@ -110,11 +139,16 @@ impl ShapeGenerator for ProceduralGenerator {
         let template = crate::procedural::template_name(&request.concept.normalized).unwrap_or("generic");
         let mut settings = std::collections::BTreeMap::new();
         settings.insert("template".to_string(), serde_json::Value::from(template));
+        if let Some(n) = request.parts {
+            settings.insert("parts_requested".to_string(), n.into());
+        }
         Ok(GeneratedShape {
             parts: parts.into_iter().map(|p| GeneratedPart { name: Some(p.name), mesh: p.mesh }).collect(),
             dropped: vec![],
             pipeline: PipelineInfo { name: "procedural".into(), models: Vec::<ModelInfo>::new(), settings },
             images: vec![],
+            mask: None,
+            parts_requested: request.parts,
         })
     }
 }
@@ -149,8 +183,19 @@ pub fn png_bytes(image: &image::DynamicImage) -> Result<Vec<u8>> {
 }
 
 /// Drops parts without a usable surface (reported, never sampled), samples the rest and
-/// assembles the asset. Fails when no part is left.
-pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: Timings) -> Result<Asset> {
+/// assembles the asset, graded with the default thresholds. Fails when no part is left.
+pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, timings: Timings) -> Result<Asset> {
+    build_graded_asset(request, shape, timings, &Thresholds::default())
+}
+
+/// [`build_asset`] graded with `thresholds`; no part left is a [`NothingToSample`] error.
+pub fn build_graded_asset(
+    request: &ShapeRequest,
+    shape: GeneratedShape,
+    mut timings: Timings,
+    thresholds: &Thresholds,
+) -> Result<Asset> {
+    let facts = shape.facts();
     let mut dropped = shape.dropped;
     let mut usable = Vec::new();
     for (i, p) in shape.parts.into_iter().enumerate() {
@@ -169,7 +214,7 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
     }
     if usable.is_empty() {
         let reasons: Vec<String> = dropped.iter().map(|d| format!("part {}: {}", d.index, d.reason)).collect();
-        bail!("every part failed, nothing to sample ({})", reasons.join("; "));
+        return Err(NothingToSample { reasons: reasons.join("; "), facts, dropped: dropped.len() }.into());
     }
     let meshes: Vec<TriMesh> = usable.iter().map(|p| p.mesh.clone()).collect();
     let cloud =
@@ -199,7 +244,7 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
         })
         .collect();
     let timings_ms = timings.0.into_iter().map(|(k, v)| (k, (v * 1000.0).round() / 1000.0)).collect();
-    let asset = Asset {
+    let mut asset = Asset {
         format: asset::FORMAT.into(),
         text: request.concept.text.clone(),
         normalized: request.concept.normalized.clone(),
@@ -216,8 +261,17 @@ pub fn build_asset(request: &ShapeRequest, shape: GeneratedShape, mut timings: T
         timings_ms,
         tool: ToolInfo::current(),
         dropped_parts: dropped,
+        quality: None,
     };
-    asset.validate().map_err(|e| anyhow::anyhow!("internal error, produced {e}"))?;
+    let points = asset.validate().map_err(|e| anyhow::anyhow!("internal error, produced {e}"))?;
+    let parts: Vec<PartMeasure> = asset
+        .parts
+        .iter()
+        .map(|p| PartMeasure { area_share: p.area_share, points: p.points, bbox_min: p.bbox_min, bbox_max: p.bbox_max })
+        .collect();
+    let signals =
+        quality::signals::measure(&parts, asset.dropped_parts.len(), &points.positions, &points.part_ids, facts);
+    asset.quality = Some(Quality::grade(signals, thresholds));
     Ok(asset)
 }
 
@@ -262,6 +316,8 @@ mod tests {
             dropped: vec![DroppedPart { index: 2, reason: "decoder failed".into() }],
             pipeline: PipelineInfo { name: "partcrafter".into(), models: vec![], settings: Default::default() },
             images: vec![],
+            mask: None,
+            parts_requested: None,
         };
         let asset = build_asset(&req, shape, Timings::default()).unwrap();
         assert_eq!(asset.part_names, vec!["body"]);
@@ -271,7 +327,125 @@ mod tests {
             dropped: vec![],
             pipeline: PipelineInfo { name: "partcrafter".into(), models: vec![], settings: Default::default() },
             images: vec![],
+            mask: None,
+            parts_requested: None,
         };
         assert!(build_asset(&req, none, Timings::default()).unwrap_err().to_string().contains("every part failed"));
+    }
+}
+
+/// Grading on real meshes: [`build_asset`] measures the [`crate::quality`] signals of what it
+/// assembled, so sound shapes are ok and the silent failures are weak or bad.
+#[cfg(test)]
+mod grading_tests {
+    use super::*;
+    use crate::geometry::primitives::{cuboid, sphere};
+    use crate::quality::{MaskSignal, Verdict};
+
+    fn graded(meshes: Vec<TriMesh>, mask: Option<image::GrayImage>, asked: usize) -> Quality {
+        let request = ShapeRequest {
+            concept: Concept::parse("thing").unwrap(),
+            parts: Some(asked),
+            seed: 3,
+            points: 2048,
+            part_names: vec![],
+        };
+        let shape = GeneratedShape {
+            parts: meshes.into_iter().map(|mesh| GeneratedPart { name: None, mesh }).collect(),
+            dropped: vec![],
+            pipeline: PipelineInfo { name: "partcrafter".into(), models: vec![], settings: Default::default() },
+            images: vec![],
+            mask,
+            parts_requested: Some(asked),
+        };
+        build_asset(&request, shape, Timings::default()).unwrap().quality.unwrap()
+    }
+
+    /// A 512² mask with a centred square of `side` pixels.
+    fn square_mask(side: u32) -> image::GrayImage {
+        let lo = 256 - side / 2;
+        image::GrayImage::from_fn(512, 512, |x, y| {
+            image::Luma([if (lo..lo + side).contains(&x) && (lo..lo + side).contains(&y) { 255 } else { 0 }])
+        })
+    }
+
+    /// A four-legged table: parts side by side, touching, of sensible sizes.
+    fn table() -> Vec<TriMesh> {
+        let mut parts = vec![cuboid([0.0, 1.0, 0.0], [1.0, 0.05, 0.6])];
+        for (x, z) in [(-0.9, -0.5), (0.9, -0.5), (-0.9, 0.5), (0.9, 0.5)] {
+            parts.push(cuboid([x, 0.5, z], [0.05, 0.45, 0.05]));
+        }
+        parts
+    }
+
+    #[test]
+    fn a_sound_shape_with_a_sound_mask_is_ok() {
+        let q = graded(table(), Some(square_mask(240)), 5);
+        assert_eq!(q.verdict, Verdict::Ok, "{:?}", q);
+        assert!(matches!(q.signals.mask, MaskSignal::Measured { components: 1, .. }), "{:?}", q.signals.mask);
+        assert!(q.signals.overlap < 0.2, "{}", q.signals.overlap);
+    }
+
+    #[test]
+    fn one_part_holding_nearly_everything_is_a_bad_collapse() {
+        let mut parts = vec![sphere([0.0; 3], 1.0)];
+        for i in 0..3 {
+            parts.push(sphere([1.5 + i as f32 * 0.1, 0.0, 0.0], 0.03));
+        }
+        let q = graded(parts, None, 4);
+        assert_eq!(q.verdict, Verdict::Bad, "{:?}", q);
+        assert!(q.reasons[0].contains("collapse"), "{:?}", q.reasons);
+        assert!(q.signals.largest_area_share > 0.99);
+        // The point budget keeps the point share far lower, which is why the verdict reads area.
+        assert!(q.signals.largest_point_share < 0.95, "{}", q.signals.largest_point_share);
+        assert!(matches!(q.signals.mask, MaskSignal::NotApplicable));
+    }
+
+    #[test]
+    fn parts_that_repeat_each_other_are_bad_and_a_flat_sheet_is_bad() {
+        let cube = cuboid([0.0; 3], [0.5, 0.5, 0.5]);
+        let q = graded(vec![cube.clone(), cube.clone(), cube], None, 3);
+        assert!(q.signals.overlap > 0.99, "{}", q.signals.overlap);
+        assert_eq!(q.verdict, Verdict::Bad, "{:?}", q);
+        let sheet = graded(vec![cuboid([0.0; 3], [1.0, 0.002, 1.0])], None, 1);
+        assert!(sheet.signals.bbox_aspect > 100.0, "{}", sheet.signals.bbox_aspect);
+        assert_eq!(sheet.verdict, Verdict::Bad, "{:?}", sheet);
+    }
+
+    #[test]
+    fn masks_of_nothing_of_everything_or_in_pieces_are_graded() {
+        let empty = graded(table(), Some(image::GrayImage::new(512, 512)), 5);
+        assert_eq!(empty.verdict, Verdict::Bad);
+        assert!(empty.reasons[0].contains("mask covers 0.0 %"), "{:?}", empty.reasons);
+        let full = graded(table(), Some(image::GrayImage::from_pixel(512, 512, image::Luma([255]))), 5);
+        assert_eq!((full.verdict, full.reasons.len()), (Verdict::Bad, 1), "{:?}", full.reasons);
+        let small = graded(table(), Some(square_mask(60)), 5);
+        assert_eq!(small.verdict, Verdict::Weak, "{:?}", small.reasons);
+        let mut pieces = square_mask(200);
+        for i in 0..4 {
+            for y in 0..20 {
+                for x in 0..20 {
+                    pieces.put_pixel(10 + i * 40 + x, 10 + y, image::Luma([255]));
+                }
+            }
+        }
+        let q = graded(table(), Some(pieces), 5);
+        assert_eq!(q.verdict, Verdict::Weak, "{:?}", q.reasons);
+        assert!(q.reasons[0].contains("5 separate pieces"), "{:?}", q.reasons);
+    }
+
+    #[test]
+    fn thresholds_override_from_a_file_and_reject_typos_and_disorder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        std::fs::write(&path, r#"{"bbox_aspect_weak_above": 1.5, "bbox_aspect_bad_above": 200}"#).unwrap();
+        let t = Thresholds::load(&path).unwrap();
+        assert_eq!((t.bbox_aspect_weak_above, t.overlap_bad_above), (1.5, Thresholds::default().overlap_bad_above));
+        let q = Quality::grade(graded(table(), None, 5).signals, &t);
+        assert_eq!(q.verdict, Verdict::Weak, "the table's aspect is about 2: {:?}", q.reasons);
+        std::fs::write(&path, r#"{"bbox_aspect_weak": 3}"#).unwrap();
+        assert!(Thresholds::load(&path).unwrap_err().0.contains("unknown field"));
+        std::fs::write(&path, r#"{"overlap_weak_above": 0.95, "overlap_bad_above": 0.9}"#).unwrap();
+        assert!(Thresholds::load(&path).unwrap_err().0.contains("must not exceed"));
     }
 }

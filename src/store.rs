@@ -2,8 +2,8 @@
 //! Storage and memory.
 //!
 //! Layout under a store's root: `shapes/<key>.json` (one asset per concept) and
-//! `manifest.json` (key → text, size, pipeline, created_at) so a server can warm its cache
-//! with one read.
+//! `manifest.json` (key → text, size, pipeline, created_at, quality verdict) so a server can
+//! warm its cache, and skip shapes graded bad, with one read.
 //!
 //! Guarantees: whole-object writes only (local writes go through a staging file and a
 //! rename inside object_store; GCS puts are atomic), no overwrite without `force`
@@ -105,6 +105,9 @@ pub struct ManifestEntry {
     /// Every distinct text that was asked for under this key (more than one = a collision).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub texts: Vec<String>,
+    /// The asset's verdict and reasons (absent for assets made before quality was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::quality::QualitySummary>,
 }
 
 pub const MANIFEST_FORMAT: &str = "lumen.manifest/1";

@@ -34,7 +34,34 @@ use crate::hub::{self, Want};
 pub struct Repo {
     pub id: &'static str,
     pub revision: &'static str,
+    /// The licence its model card names.
+    pub license: License,
 }
+
+/// A model's licence as its model card gives it: the card's licence id and what it means
+/// for a user of lumen in one sentence (shown by `fetch` and `preflight`, recorded in assets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct License {
+    pub id: &'static str,
+    pub terms: &'static str,
+    /// False when the card restricts use to non-commercial purposes without an agreement.
+    pub commercial_use: bool,
+}
+
+/// stabilityai/sdxl-turbo's card: `license: other`, `license_name: sai-nc-community`.
+pub const SAI_NC_COMMUNITY: License = License {
+    id: "sai-nc-community",
+    terms: "Stability AI Non-Commercial Research Community License: commercial use needs Stability AI's commercial licence (see the model card)",
+    commercial_use: false,
+};
+/// briaai/RMBG-1.4's card: `license: other`, `license_name: bria-rmbg-1.4`.
+pub const BRIA_RMBG_1_4: License = License {
+    id: "bria-rmbg-1.4",
+    terms: "BRIA RMBG-1.4 licence: non-commercial use only; commercial use needs an agreement with BRIA AI",
+    commercial_use: false,
+};
+/// wgsxm/PartCrafter's and madebyollin/sdxl-vae-fp16-fix's cards: `license: mit`.
+pub const MIT: License = License { id: "mit", terms: "MIT licence", commercial_use: true };
 
 impl Repo {
     /// Last path component of the id: the sub-folder name under `--weights DIR`.
@@ -45,13 +72,50 @@ impl Repo {
 
 /// No audited commit is known for these two; they follow `main`, and the first download
 /// records the commit in `refs/main` so later files of the repo come from the same one.
-pub const SDXL_TURBO: Repo = Repo { id: "stabilityai/sdxl-turbo", revision: "main" };
-pub const SDXL_VAE_FP16_FIX: Repo = Repo { id: "madebyollin/sdxl-vae-fp16-fix", revision: "main" };
+pub const SDXL_TURBO: Repo = Repo { id: "stabilityai/sdxl-turbo", revision: "main", license: SAI_NC_COMMUNITY };
+pub const SDXL_VAE_FP16_FIX: Repo = Repo { id: "madebyollin/sdxl-vae-fp16-fix", revision: "main", license: MIT };
 /// Audited revisions (the commits whose files were checked, see the README's weights section).
-pub const RMBG: Repo = Repo { id: "briaai/RMBG-1.4", revision: "2ceba5a5efaec153162aedea169f76caf9b46cf8" };
-pub const PARTCRAFTER: Repo = Repo { id: "wgsxm/PartCrafter", revision: "69a0ffc1dad5e48e7e5ed91c0609f2b1276eb31f" };
+pub const RMBG: Repo =
+    Repo { id: "briaai/RMBG-1.4", revision: "2ceba5a5efaec153162aedea169f76caf9b46cf8", license: BRIA_RMBG_1_4 };
+pub const PARTCRAFTER: Repo =
+    Repo { id: "wgsxm/PartCrafter", revision: "69a0ffc1dad5e48e7e5ed91c0609f2b1276eb31f", license: MIT };
 
 pub const ALL_REPOS: [Repo; 4] = [SDXL_TURBO, SDXL_VAE_FP16_FIX, RMBG, PARTCRAFTER];
+
+/// One line per repo: its licence and, where the card restricts use, what that means.
+pub fn license_lines(repos: &[Repo]) -> Vec<String> {
+    repos.iter().map(|r| format!("{}: {} ({})", r.id, r.license.id, r.license.terms)).collect()
+}
+
+/// The repos of `needs` with a file in `missing` (what [`WeightsSource::missing`] lists):
+/// the ones a download is about to fetch.
+pub fn repos_missing(needs: &[RepoFiles], missing: &[(String, String, String)]) -> Vec<Repo> {
+    needs.iter().map(|f| f.repo).filter(|r| missing.iter().any(|(id, _, _)| id == r.id)).collect()
+}
+
+/// Warns, where a user downloads a model, that its card restricts commercial use.
+pub fn warn_restricted(repos: &[Repo]) {
+    for r in repos.iter().filter(|r| !r.license.commercial_use) {
+        tracing::warn!(
+            repo = r.id,
+            license = r.license.id,
+            "{} is licensed {}: {}",
+            r.id,
+            r.license.id,
+            r.license.terms
+        );
+    }
+}
+
+/// The repos a pipeline run reads (`pipeline_files`), in order.
+pub fn pipeline_repos(device: DeviceKind, fp16_vae: bool) -> Vec<Repo> {
+    pipeline_files(device, fp16_vae).into_iter().map(|f| f.repo).collect()
+}
+
+/// The repo lumen reads under `id`, if any.
+pub fn repo_by_id(id: &str) -> Option<Repo> {
+    ALL_REPOS.iter().copied().find(|r| r.id == id)
+}
 
 /// The kind of device a run computes on; it decides which precision of the weights is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +356,7 @@ impl WeightsSource {
             let why = if self.offline { "HF_HUB_OFFLINE is set" } else { "this command does not download" };
             return Err(UsageError(self.missing_message(&missing, device, fp16_vae, why)).into());
         }
+        warn_restricted(&repos_missing(&needs, &missing));
         let config = hub::client::HubConfig::from_env()?;
         let opts = hub::FetchOptions { progress: download.progress, ..Default::default() };
         hub::fetch(&self.cache_dir, config, &self.wants(&needs), opts)?;
@@ -338,6 +403,11 @@ impl WeightsSource {
         ));
         for ((repo, rev), files) in &by_repo {
             msg.push_str(&format!("  hf download {repo} {} --revision {rev}\n", files.join(" ")));
+        }
+        for (repo, _) in by_repo.keys() {
+            if let Some(r) = repo_by_id(repo).filter(|r| !r.license.commercial_use) {
+                msg.push_str(&format!("Licence: {} is {}: {}\n", r.id, r.license.id, r.license.terms));
+            }
         }
         msg.trim_end().to_string()
     }

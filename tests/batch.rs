@@ -1,7 +1,7 @@
 //! The batch runner (one device worker, CPU workers beside it) on the CPU: the same assets as
 //! the sequential path for the same seeds, a failing CPU step or device stage fails that
 //! concept only, running out of device memory is retried with fewer tokens or reported with
-//! its stage and size, a review can send a concept back to the device, and the order of the
+//! its stage and size, a quality gate sends a concept back to the device, and the order of the
 //! results never depends on worker timing. Stages that fail on purpose are built here, through
 //! `PartCrafterGenerator::from_stages` and the `ShapeGenerator` trait: nothing in the binary.
 
@@ -16,7 +16,7 @@ use anyhow::Result;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use lumen::asset::Asset;
 use lumen::concept::{Catalog, Concept};
-use lumen::generation::batch::{run_batch, BatchOptions, BatchReport, InOrder, Review, Verdict};
+use lumen::generation::batch::{run_batch, BatchOptions, BatchReport, InOrder};
 use lumen::generation::{batch_exit_code, generate_one, request_for, ConceptResult, Generators};
 use lumen::geometry::lattice::LatticeSurface;
 use lumen::pipeline::partcrafter::{ModelOptions, PartCrafterGenerator};
@@ -33,7 +33,7 @@ fn only(g: Arc<dyn ShapeGenerator>) -> Generators {
 }
 
 fn options(jobs: usize) -> BatchOptions<'static> {
-    BatchOptions { jobs, force: false, preview: false, review: None }
+    BatchOptions::new(jobs)
 }
 
 fn request(text: &str, seed: u64) -> ShapeRequest {
@@ -322,25 +322,20 @@ impl ImageToParts for SharedSpheres {
     }
 }
 
-/// Sends every concept back once with the next seed, then keeps the first attempt.
-struct SecondOpinion;
-impl Review for SecondOpinion {
-    fn review(&self, request: &ShapeRequest, attempts: &[Asset]) -> Verdict {
-        match attempts.len() {
-            1 => Verdict::Retry(ShapeRequest { seed: request.seed + 1, ..request.clone() }),
-            _ => Verdict::Keep(0),
-        }
-    }
-}
-
+/// Every attempt of these stages is bad (the mask covers the whole frame), so a gate of
+/// `weak` with one retry sends each concept back once with the next derived seed, and keeps
+/// the first of the two equal attempts.
 #[test]
-fn a_review_sends_a_concept_back_to_the_device_and_it_is_recorded_once() {
+fn a_gate_sends_a_concept_back_to_the_device_and_it_is_recorded_once() {
+    use lumen::quality::retry::attempt_seed;
+    use lumen::quality::{MinQuality, QualityOptions, RetryPolicy};
     let spheres = Arc::new(Spheres::default());
     let gens = only(Arc::new(misbehaving_pipeline(SharedSpheres(spheres.clone()))));
     let requests = vec![request("chair", 10), request("table", 20)];
     let finished = AtomicUsize::new(0);
     let store = memory_store();
-    let opts = BatchOptions { review: Some(&SecondOpinion), ..options(2) };
+    let policy = RetryPolicy { gate: Some(MinQuality::Weak), retries: 1 };
+    let opts = BatchOptions { quality: QualityOptions { policy, ..Default::default() }, ..options(2) };
     let report = run_batch(&requests, &gens, &store, &opts, &|_: usize, _: &ConceptResult| {
         finished.fetch_add(1, Ordering::SeqCst);
     });
@@ -348,11 +343,20 @@ fn a_review_sends_a_concept_back_to_the_device_and_it_is_recorded_once() {
     assert_eq!(report.stats.device_passes, 4);
     let mut seeds: Vec<u64> = spheres.calls.lock().unwrap().iter().map(|(s, _)| *s).collect();
     seeds.sort();
-    assert_eq!(seeds, [10, 11, 20, 21]);
+    let mut want = vec![10, attempt_seed(10, 1), 20, attempt_seed(20, 1)];
+    want.sort();
+    assert_eq!(seeds, want);
     for (r, want_seed) in report.results.iter().zip([10, 20]) {
         assert_eq!(r.status, "created");
-        assert_eq!(stored(&store, &r.key)["seed"], want_seed, "the kept attempt is the first");
+        assert!(r.retried() && r.below_gate(), "{r:?}");
+        let asset = stored(&store, &r.key);
+        assert_eq!(asset["seed"], want_seed, "the kept attempt is the first of equals");
+        let attempts = asset["quality"]["attempts"].as_array().unwrap();
+        let tried: Vec<u64> = attempts.iter().map(|a| a["seed"].as_u64().unwrap()).collect();
+        assert_eq!(tried, [want_seed, attempt_seed(want_seed, 1)]);
+        assert!(attempts.iter().all(|a| a["verdict"] == "bad"), "{attempts:?}");
     }
+    assert_eq!(batch_exit_code(&report.results, None), 1, "below the gate is not what the run asked for");
 }
 
 /// All CPU, with a CPU phase that takes longer the earlier the concept: later concepts finish

@@ -314,12 +314,21 @@ fn preflight_reports_each_check() {
     let v = json(&o);
     let names: Vec<&str> = v["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"store") && names.contains(&"device") && names.contains(&"catalog"));
-    // Without weights the model check fails: exit 3, the other checks still ran.
+    let licences = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "model licences").unwrap();
+    assert_eq!(licences["status"], "skipped", "no models in the procedural pipeline");
+    // Without weights the model check fails: exit 3, the other checks still ran, and the
+    // licence check names the models that are not for commercial use.
     let o = run_in(w.path(), &["preflight", "--json"]);
     assert_eq!(o.status.code(), Some(3));
     let v = json(&o);
     assert_eq!(v["ok"], false);
-    assert_eq!(v["checks"].as_array().unwrap().iter().filter(|c| c["status"] == "ok").count(), 4);
+    let checks = v["checks"].as_array().unwrap();
+    let ok: Vec<&str> = checks.iter().filter(|c| c["status"] == "ok").map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(ok, ["store", "device", "catalog", "procedural end-to-end", "model licences"]);
+    let detail = checks.iter().find(|c| c["name"] == "model licences").unwrap()["detail"].as_str().unwrap();
+    let restricted = detail.split_once("not for commercial use").map(|(_, r)| r).unwrap_or_else(|| panic!("{detail}"));
+    assert!(restricted.contains("stabilityai/sdxl-turbo") && restricted.contains("briaai/RMBG-1.4"), "{detail}");
+    assert!(!restricted.contains("PartCrafter") && detail.contains("wgsxm/PartCrafter: mit"), "{detail}");
     // A broken catalogue fails preflight too.
     std::fs::write(w.path().join("concepts/top50.json"), "[]").unwrap();
     let o = run_in(w.path(), &["preflight", "--pipeline", "procedural"]);

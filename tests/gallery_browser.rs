@@ -22,15 +22,20 @@ fn json(o: &std::process::Output) -> serde_json::Value {
 }
 
 /// A store with three procedural assets, one relabelled as a partcrafter asset (both
-/// pipelines' assets go through the same pages), and one truncated blob.
+/// pipelines' assets go through the same pages) made before quality verdicts existed, one
+/// graded weak (a strict aspect threshold), and one truncated blob.
 fn store_with_a_corrupt_blob(dir: &Path) -> PathBuf {
-    let o = run_in(dir, &["generate", "chair", "mug", "Bald Eagle", "--pipeline", "procedural"]);
+    let o = run_in(dir, &["generate", "chair", "mug", "--pipeline", "procedural"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::write(dir.join("strict.json"), r#"{"bbox_aspect_weak_above": 1.5}"#).unwrap();
+    let o = run_in(dir, &["generate", "Bald Eagle", "--pipeline", "procedural", "--quality-thresholds", "strict.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = dir.join("out");
     let mug = lumen::concept::Concept::parse("mug").unwrap().key;
     let path = out.join(format!("shapes/{mug}.json"));
     let (mut asset, _) = Asset::decode(&std::fs::read(&path).unwrap()).unwrap();
     asset.pipeline.name = "partcrafter".into();
+    asset.quality = None;
     std::fs::write(&path, asset.to_json_bytes()).unwrap();
     std::fs::write(out.join(format!("shapes/{CORRUPT_KEY}.json")), b"{\"format\":\"lumen.shape/1\",\"trunc").unwrap();
     out
@@ -56,6 +61,13 @@ fn gallery_lists_every_asset_flags_the_corrupt_one_and_paginates() {
     }
     assert!(index.contains(&format!("<tr class=\"invalid\" data-key=\"{CORRUPT_KEY}\"")));
     assert!(index.contains("partcrafter") && index.contains("procedural"));
+    assert!(index.contains("quality 1 ok, 1 weak, 0 bad, 1 unknown"), "{index}");
+    let listing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path().join("gal/gallery.json")).unwrap()).unwrap();
+    let entry = |text: &str| listing["entries"].as_array().unwrap().iter().find(|e| e["text"] == text).unwrap().clone();
+    assert_eq!(entry("chair")["quality"]["verdict"], "ok");
+    assert_eq!(entry("Bald Eagle")["quality"]["verdict"], "weak");
+    assert!(entry("mug").get("quality").is_none(), "an old asset has no verdict");
     assert!(!index.contains("http://") && !index.contains("https://"), "nothing is fetched from the network");
     for key in ["viewer.js", "palette.js", "style.css", &format!("assets/{CORRUPT_KEY}.html")] {
         assert!(gal.join(key).is_file(), "{key} missing");
@@ -117,6 +129,13 @@ fn browse_url(chromium: &Path, profile: &Path, url: &str, extra: &[String]) -> s
     o
 }
 
+/// The `<tr>` of `key` in an index page.
+fn index_row(dom: &str, key: &str) -> String {
+    let start = dom.find(&format!("data-key=\"{key}\"")).unwrap_or_else(|| panic!("no row for {key}"));
+    let end = start + dom[start..].find("</tr>").unwrap();
+    dom[start..end].to_string()
+}
+
 /// The JSON the page wrote into `<pre id="decoded">`.
 fn decoded(dom: &str) -> serde_json::Value {
     let start = dom.find("<pre id=\"decoded\">").unwrap_or_else(|| panic!("no decoded element in {dom}")) + 18;
@@ -169,6 +188,14 @@ fn gallery_and_viewer_in_headless_chromium() {
     // The index: every asset listed, the corrupt one flagged, thumbnails drawn.
     let dom = stdout(&browse(&chromium, &profile, &gal.join("index.html"), &["--dump-dom".into()]));
     assert_eq!(dom.matches("<tr class=\"ok\"").count(), 3, "{dom}");
+    for (text, badge) in [("chair", "ok"), ("Bald Eagle", "weak"), ("mug", "unknown")] {
+        let key = lumen::concept::Concept::parse(text).unwrap().key;
+        let row = index_row(&dom, &key);
+        assert!(row.contains(&format!("class=\"badge {badge}\"")), "{text}: no {badge} badge in {row}");
+        assert!(row.contains(&format!(">{badge}</span>")), "{text}: {row}");
+    }
+    let eagle = index_row(&dom, &lumen::concept::Concept::parse("Bald Eagle").unwrap().key);
+    assert!(eagle.contains("title=\"bounding box aspect"), "the reasons are the badge's tooltip: {eagle}");
     assert!(dom.contains(&format!("<tr class=\"invalid\" data-key=\"{CORRUPT_KEY}\"")));
     let shot = w.path().join("index.png");
     browse(
@@ -196,6 +223,18 @@ fn gallery_and_viewer_in_headless_chromium() {
         assert_eq!(d["pipeline"], asset.pipeline.name);
         let counts: Vec<usize> = asset.parts.iter().map(|p| p.points).collect();
         assert_eq!(d["part_counts"], serde_json::json!(counts));
+        // The verdict and its reasons, as the asset records them (unknown for an old asset).
+        let (verdict, reasons) = match &asset.quality {
+            Some(q) => (q.verdict.to_string(), q.reasons.clone()),
+            None => ("unknown".to_string(), vec![]),
+        };
+        assert_eq!(d["quality"]["verdict"], verdict.as_str(), "{d}");
+        assert_eq!(d["quality"]["reasons"], serde_json::json!(reasons), "{d}");
+        let dom = stdout(&browse(&chromium, &profile, &page, &["--dump-dom".into()]));
+        assert!(dom.contains(&format!("<span class=\"badge {verdict}\">{verdict}</span>")), "{text}: {dom}");
+        for r in &reasons {
+            assert!(dom.contains(&format!("<li>{r}</li>")), "{text}: reason {r:?} not shown");
+        }
 
         let shot = w.path().join(format!("{key}.png"));
         browse(

@@ -241,6 +241,12 @@ fn a_first_run_downloads_only_what_the_pipeline_reads_and_a_second_runs_offline(
     let o = run(lumen_at(&hub, home.path()), &args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(json_out(&o)["results"][0]["status"], "created");
+    // Where the weights are downloaded, the two non-commercial model cards are named.
+    let err = stderr(&o);
+    for (id, licence) in [(weights::SDXL_TURBO.id, "sai-nc-community"), (weights::RMBG.id, "bria-rmbg-1.4")] {
+        assert!(err.contains(&format!("{id} is licensed {licence}: ")), "no licence warning for {id}: {err}");
+    }
+    assert!(!err.contains(&format!("{} is licensed", weights::PARTCRAFTER.id)), "MIT needs no warning: {err}");
 
     // Only the CPU file list was asked about or downloaded: no decoy, no .fp16 variant.
     let want = needed(DeviceKind::Cpu, false);
@@ -295,6 +301,7 @@ fn a_first_run_downloads_only_what_the_pipeline_reads_and_a_second_runs_offline(
     let o = run(offline, &args2);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(json_out(&o)["results"][0]["status"], "overwritten");
+    assert!(!stderr(&o).contains(" is licensed "), "nothing downloaded, nothing to warn: {}", stderr(&o));
     let mut offline = lumen_at(&hub, home.path());
     offline.env("HF_HUB_OFFLINE", "1");
     let o = run(offline, &["fetch", "--device", "cpu", "--json"]);
@@ -302,6 +309,15 @@ fn a_first_run_downloads_only_what_the_pipeline_reads_and_a_second_runs_offline(
     let files = json_out(&o)["files"].as_array().unwrap().clone();
     assert_eq!(files.len(), want.len());
     assert!(files.iter().all(|f| f["status"] == "cached" && f["verified"] == true), "{files:?}");
+    // fetch lists every licence the run reads, whether or not it downloaded anything.
+    let licences: Vec<(String, bool)> = json_out(&o)["licenses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["repo"].as_str().unwrap().to_string(), l["commercial_use"].as_bool().unwrap()))
+        .collect();
+    let expected = [(weights::SDXL_TURBO.id, false), (weights::RMBG.id, false), (weights::PARTCRAFTER.id, true)];
+    assert_eq!(licences, expected.map(|(id, c)| (id.to_string(), c)));
     assert!(hub.requests().is_empty(), "offline runs made requests: {:?}", hub.requests());
 
     // Offline with files missing: every missing file of every repo, and the exact command.

@@ -19,12 +19,15 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, bottom first; lib.rs's header says what each layer is for.
 const LAYERS: &[&[&str]] = &[
-    &["error", "time", "rng", "progress", "env_vars", "concept", "asset", "store", "geometry", "device", "cuda"],
+    &[
+        "error", "time", "rng", "progress", "env_vars", "concept", "quality", "asset", "store", "geometry", "device",
+        "cuda",
+    ],
     &["attention", "conv"],
     &["synth", "hub", "weights"],
     &["stage", "models", "checkpoint"],
     &["procedural", "shape", "pipeline"],
-    &["preview", "generation", "gallery"],
+    &["preview", "generation", "stale", "gallery"],
     &["diagnostics"],
     &["cli", "logging", "commands"],
 ];

@@ -48,6 +48,55 @@ fn partcrafter_pipeline_runs_every_stage_on_synthetic_weights() {
         let path = work.path().join("out/images").join(&asset.key).join(image);
         assert!(path.is_file(), "{} missing", path.display());
     }
+    // Each model's licence is recorded; the quality object measured BriaRMBG's own mask.
+    let licences: Vec<Option<&str>> = asset.pipeline.models.iter().map(|m| m.license.as_deref()).collect();
+    assert_eq!(licences, [Some("sai-nc-community"), Some("bria-rmbg-1.4"), Some("mit")]);
+    let q = asset.quality.as_ref().expect("a quality object");
+    println!("quality of the synthetic-weight chair: {} {:?}", q.label(), q.signals);
+    let mask = image::open(work.path().join("out/images").join(&asset.key).join("mask.png")).unwrap().to_luma8();
+    let want = lumen::quality::mask_stats(&mask);
+    assert_eq!(
+        q.signals.mask,
+        lumen::quality::MaskSignal::Measured { coverage: want.coverage, components: want.components }
+    );
+    assert_eq!((q.signals.parts_requested, q.signals.parts_produced + q.signals.parts_dropped), (3, 3));
+
+    // Stale: nothing against the same flags; an older PartCrafter revision is named.
+    std::fs::write(work.path().join("cat.json"), r#"[{"name": "chair", "parts": 3}]"#).unwrap();
+    let model_flags = ["--weights", weights.to_str().unwrap(), "--tokens", &tokens, "--extract-depth", "5"];
+    let stats = |steps: &str, extra: &[&str]| {
+        let o = lumen()
+            .current_dir(work.path())
+            .args(["stats", "--json", "--store", "out", "--catalog", "cat.json", "--steps", steps])
+            .args(model_flags)
+            .args(extra)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&o)))
+    };
+    assert_eq!(stats("2", &[])["stale"]["count"], 0, "{}", stats("2", &[]));
+    assert_eq!(stats("3", &[])["stale"]["reasons"]["steps 2, current 3"], 1);
+    let path = shapes[0].as_ref().unwrap().path();
+    let mut old = asset.clone();
+    old.pipeline.models[2].revision = "0123456789abcdef0123456789abcdef01234567".into();
+    std::fs::write(&path, old.to_json_bytes()).unwrap();
+    let s = stats("2", &["--pipeline", "partcrafter"]);
+    assert_eq!(
+        s["stale"]["reasons"]["wgsxm/PartCrafter revision 0123456789abcdef0123456789abcdef01234567, current local"], 1,
+        "{s}"
+    );
+    // pregenerate --stale regenerates it with the current revision.
+    let o = lumen()
+        .current_dir(work.path())
+        .args(["pregenerate", "cat.json", "--stale", "--cpu", "--json", "--store", "out", "--steps", "2"])
+        .args(model_flags)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["regenerated_stale"], 1, "{v}");
+    let (fresh, _) = Asset::decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(fresh.pipeline.models[2].revision, "local");
 
     // Preflight loads every stage and runs one tiny concept through them.
     let o = lumen()

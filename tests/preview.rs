@@ -130,6 +130,10 @@ fn generate_preview_shows_every_part_the_legend_and_is_reproducible() {
         }
         assert_eq!(read_text(&img, 10, 8, 2, asset.text.len()), asset.text);
         assert_eq!(read_text(&img, 10, 26, 1, 19), "procedural pipeline");
+        let badge = preview::quality_badge(&asset);
+        assert_eq!(badge, "quality ok", "procedural catalogue shapes grade ok");
+        let x = preview::WIDTH - 10 - font::text_width(&badge, 1);
+        assert_eq!(read_text(&img, x, preview::BADGE_Y, 1, badge.len()), badge);
 
         // The same bytes from `lumen preview`, by text and by key.
         let before = std::fs::read(&path).unwrap();
@@ -183,6 +187,7 @@ fn two_panels(a: usize, b: usize) -> Asset {
         timings_ms: Default::default(),
         tool: ToolInfo::current(),
         dropped_parts: vec![],
+        quality: None,
     }
 }
 
@@ -201,6 +206,9 @@ fn colour_area_follows_point_count_when_nothing_hides_anything() {
     println!("front view: {front:?}, large/small pixel ratio {ratio:.2} for a point ratio of 3");
     assert!((2.4..3.6).contains(&ratio), "pixel ratio {ratio:.2}, point ratio 3");
     assert_eq!(read_text(&img, 10, 26, 1, 20), "partcrafter pipeline");
+    // An asset from before verdicts were recorded: read, and shown as unknown (not bad).
+    let x = preview::WIDTH - 10 - font::text_width("quality unknown", 1);
+    assert_eq!(read_text(&img, x, preview::BADGE_Y, 1, 15), "quality unknown");
 }
 
 #[test]

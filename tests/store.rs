@@ -43,6 +43,7 @@ fn exercise(store: &Store) {
                         pipeline: "procedural".into(),
                         created_at: "2026-11-26T00:00:00Z".into(),
                         texts: vec![],
+                        quality: None,
                     },
                 );
             })
@@ -159,6 +160,7 @@ fn gcs_manifest_update_survives_a_concurrent_writer() {
         pipeline: "procedural".into(),
         created_at: "x".into(),
         texts: vec![],
+        quality: None,
     };
     store
         .update_manifest(|m| {

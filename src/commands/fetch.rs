@@ -10,7 +10,7 @@ use crate::cli::{DeviceArg, FetchArgs};
 use crate::error::{exit, UsageError};
 use crate::generation::PipelineKind;
 use crate::hub::{self, client::human_bytes, Fetched};
-use crate::weights::{pipeline_files, DeviceKind, WeightsSource};
+use crate::weights::{license_lines, pipeline_files, repos_missing, DeviceKind, Repo, WeightsSource};
 
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -59,6 +59,12 @@ pub fn run(opts: FetchOptions) -> Result<u8> {
     let device = opts.device.unwrap_or_else(local_device_kind);
     let source = WeightsSource::from_env(None).with_revisions(&opts.revisions);
     let needs = pipeline_files(device, opts.fp16_vae);
+    let repos: Vec<Repo> = needs.iter().map(|f| f.repo).collect();
+    // Said where files are about to be downloaded (offline, the missing-files message says it;
+    // the report lists every repo's licence either way).
+    if !opts.dry_run && !source.offline {
+        crate::weights::warn_restricted(&repos_missing(&needs, &source.missing(&needs)));
+    }
     let wants = source.wants(&needs);
     let files = if source.offline {
         tracing::info!("HF_HUB_OFFLINE is set: verifying the cache {} only", source.cache_dir.display());
@@ -83,11 +89,11 @@ pub fn run(opts: FetchOptions) -> Result<u8> {
         let fetch = hub::FetchOptions { verify_cached: true, dry_run: opts.dry_run, progress };
         hub::fetch(&source.cache_dir, config, &wants, fetch)?
     };
-    report(&files, device, &source, &opts);
+    report(&files, device, &source, &repos, &opts);
     Ok(exit::OK)
 }
 
-fn report(files: &[Fetched], device: DeviceKind, source: &WeightsSource, opts: &FetchOptions) {
+fn report(files: &[Fetched], device: DeviceKind, source: &WeightsSource, repos: &[Repo], opts: &FetchOptions) {
     let total: u64 = files.iter().map(|f| f.size).sum();
     let sum_of = |status: &str| files.iter().filter(|f| f.status == status).map(|f| f.size).sum::<u64>();
     let (downloaded, missing) = (sum_of("downloaded"), sum_of("missing"));
@@ -101,6 +107,10 @@ fn report(files: &[Fetched], device: DeviceKind, source: &WeightsSource, opts: &
             "total_bytes": total,
             "downloaded_bytes": downloaded,
             "missing_bytes": missing,
+            "licenses": repos.iter().map(|r| serde_json::json!({
+                "repo": r.id, "license": r.license.id, "terms": r.license.terms,
+                "commercial_use": r.license.commercial_use,
+            })).collect::<Vec<_>>(),
         }));
         return;
     }
@@ -121,4 +131,7 @@ fn report(files: &[Fetched], device: DeviceKind, source: &WeightsSource, opts: &
         line.push_str(&format!("; downloaded {} now", human_bytes(downloaded)));
     }
     emit(&line);
+    for l in license_lines(repos) {
+        emit(&format!("license    {l}"));
+    }
 }

@@ -15,6 +15,7 @@ use crate::generation::{
     batch_exit_code, load_generators, optional_catalog, request_for, ConceptResult, Generators, PipelineKind,
 };
 use crate::pipeline::partcrafter::ModelOptions;
+use crate::quality::QualityOptions;
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, Clone)]
@@ -31,6 +32,7 @@ pub struct GenerateOptions {
     pub preview: bool,
     pub json: bool,
     pub catalog: PathBuf,
+    pub quality: QualityOptions,
     pub model: ModelOptions,
 }
 
@@ -52,6 +54,7 @@ impl GenerateOptions {
             preview: a.preview,
             json: a.json,
             catalog: a.catalog,
+            quality: a.quality.options()?,
             model: ModelOptions::from(&a.model),
         })
     }
@@ -82,7 +85,12 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
             emit(&human_line(r));
         }
     });
-    let batch = BatchOptions { jobs: default_cpu_workers(), force: opts.force, preview: opts.preview, review: None };
+    let batch = BatchOptions {
+        force: opts.force,
+        preview: opts.preview,
+        quality: opts.quality.clone(),
+        ..BatchOptions::new(default_cpu_workers())
+    };
     let report = run_batch(&requests, &gens, &store, &batch, &lines);
     spinner.finish_and_clear();
     let now = crate::time::now_rfc3339();
@@ -92,8 +100,14 @@ pub fn run(opts: GenerateOptions) -> Result<u8> {
     let list: Vec<ConceptResult> = results.into_iter().map(|(r, _, _)| r).collect();
     if opts.json {
         let failed = list.iter().filter(|r| r.status == "failed").count();
-        emit_json(&serde_json::json!({ "results": list, "failed": failed, "manifest_error": manifest_error }));
+        let retried = list.iter().filter(|r| r.retried()).count();
+        let below_gate = list.iter().filter(|r| r.below_gate()).count();
+        emit_json(&serde_json::json!({
+            "results": list, "failed": failed, "retried": retried, "below_gate": below_gate,
+            "manifest_error": manifest_error,
+        }));
     }
+    // A concept still under --min-quality did not get what the run asked for: exit 1.
     Ok(batch_exit_code(&list, manifest_error.as_deref()))
 }
 
@@ -104,12 +118,30 @@ pub fn human_line(r: &ConceptResult) -> String {
             format!("exists  {:<24} {} (use --force to regenerate)", r.text, r.location.as_deref().unwrap_or(""))
         }
         s => format!(
-            "{s:<7} {:<24} {} ({} parts, {} pipeline, {} bytes)",
+            "{s:<7} {:<24} {} ({} parts, {} pipeline, {} bytes{})",
             r.text,
             r.location.as_deref().unwrap_or(""),
             r.parts.unwrap_or(0),
             r.pipeline.as_deref().unwrap_or("?"),
-            r.bytes.unwrap_or(0)
+            r.bytes.unwrap_or(0),
+            quality_note(r)
         ),
     }
+}
+
+/// `, ok`, `, weak: … (2 attempts)`, `, bad: … (3 attempts, below the gate)`.
+fn quality_note(r: &ConceptResult) -> String {
+    let Some(q) = &r.quality else { return String::new() };
+    let mut note = format!(", {}", crate::quality::label(q.verdict, &q.reasons));
+    let mut extra = Vec::new();
+    if let Some(n) = q.attempts.filter(|&n| n > 1) {
+        extra.push(format!("{n} attempts"));
+    }
+    if q.passed_gate == Some(false) {
+        extra.push("below the gate".to_string());
+    }
+    if !extra.is_empty() {
+        note.push_str(&format!(" ({})", extra.join(", ")));
+    }
+    note
 }

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, ModelArgs, PipelineArg};
+use crate::cli::{Cli, Command, MinQualityArg, ModelArgs, PipelineArg, QualityArgs};
 use crate::generation::PipelineKind;
 use crate::pipeline::partcrafter::ModelOptions;
+use crate::quality::{MinQuality, QualityOptions, RetryPolicy, Thresholds};
 
 pub mod bench;
 pub mod fetch;
@@ -25,7 +26,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Generate(a) => generate::run(generate::GenerateOptions::from_args(a)?),
         Command::Pregenerate(a) => pregenerate::run(pregenerate::PregenerateOptions::from_args(a)?),
         Command::Preflight(a) => preflight::run(preflight::PreflightOptions::from_args(a)),
-        Command::Stats(a) => stats::run(&a.store.store, a.json, a.repair),
+        Command::Stats(a) => stats::run(stats::StatsOptions::from_args(a)?),
         Command::Fetch(a) => fetch::run(fetch::FetchOptions::from(a)),
         Command::Preview(a) => preview::run(preview::PreviewOptions::from_args(a)?),
         Command::Gallery(a) => gallery::run(gallery::GalleryOptions::from_args(a)),
@@ -58,6 +59,22 @@ impl From<&ModelArgs> for ModelOptions {
             // generate and pregenerate fetch missing weights (unless HF_HUB_OFFLINE is set).
             download: crate::weights::DownloadOptions { enabled: true, progress: stderr_is_tty() },
         }
+    }
+}
+
+impl QualityArgs {
+    /// The thresholds (defaults, or the file's overrides: a bad file is exit 2) and the gate.
+    pub fn options(&self) -> Result<QualityOptions> {
+        let thresholds = match &self.quality_thresholds {
+            Some(path) => Thresholds::load(path)?,
+            None => Thresholds::default(),
+        };
+        let gate = self.min_quality.map(|m| match m {
+            MinQualityArg::Weak => MinQuality::Weak,
+            MinQualityArg::Ok => MinQuality::Ok,
+        });
+        let retries = if gate.is_some() { self.retries as usize } else { 0 };
+        Ok(QualityOptions { thresholds, policy: RetryPolicy { gate, retries } })
     }
 }
 

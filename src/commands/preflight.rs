@@ -56,9 +56,23 @@ impl PreflightOptions {
     }
 }
 
+const LICENSE_CHECK: &str = "model licences";
 const HEADERS_CHECK: &str = "partcrafter weights (safetensors headers)";
 const LOAD_CHECK: &str = "partcrafter pipeline (weights resolve and load)";
 const RUN_CHECK: &str = "partcrafter tiny end-to-end run";
+
+/// Each model's licence as its card names it; restrictions are named, not failed: whether a
+/// use is allowed is the user's agreement with the maker, not something a check can know.
+fn license_summary(model: &ModelOptions) -> String {
+    let device = select_device(model.force_cpu).map(|d| crate::weights::DeviceKind::of(&d));
+    let repos = crate::weights::pipeline_repos(device.unwrap_or(crate::weights::DeviceKind::Cpu), model.fp16_vae);
+    let restricted: Vec<&str> = repos.iter().filter(|r| !r.license.commercial_use).map(|r| r.id).collect();
+    let mut s = crate::weights::license_lines(&repos).join("; ");
+    if !restricted.is_empty() {
+        s.push_str(&format!(" — not for commercial use without the maker's agreement: {}", restricted.join(", ")));
+    }
+    s
+}
 
 /// Every weights file the pipeline would load, from its header only (seconds, no weights
 /// read): present, complete, every tensor each stage's constructor asks for with the right
@@ -230,7 +244,9 @@ fn procedural_end_to_end() -> Result<String> {
 /// before it, and all three are skipped for the procedural pipeline.
 fn model_checks(opts: &PreflightOptions) -> Vec<Check> {
     if opts.pipeline != PipelineKind::PartCrafter {
-        return [HEADERS_CHECK, LOAD_CHECK, RUN_CHECK].iter().map(|n| skipped(n, "--pipeline procedural")).collect();
+        let mut checks = vec![skipped(LICENSE_CHECK, "--pipeline procedural (no models)")];
+        checks.extend([HEADERS_CHECK, LOAD_CHECK, RUN_CHECK].iter().map(|n| skipped(n, "--pipeline procedural")));
+        return checks;
     }
     let model = ModelOptions {
         weights_dir: opts.weights.clone(),
@@ -240,9 +256,10 @@ fn model_checks(opts: &PreflightOptions) -> Vec<Check> {
         extract_depth: 5,
         ..Default::default()
     };
+    let license = check(LICENSE_CHECK, || Ok(license_summary(&model)));
     let headers = check(HEADERS_CHECK, || weights_headers(&model));
     let headers_ok = headers.status == "ok";
-    let mut checks = vec![headers];
+    let mut checks = vec![license, headers];
     let mut loaded = None;
     if headers_ok {
         checks.push(check(LOAD_CHECK, || {

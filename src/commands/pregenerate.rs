@@ -15,10 +15,14 @@ use super::generate::human_line;
 use super::{emit, emit_json, stderr_is_tty};
 use crate::cli::PregenerateArgs;
 use crate::concept::{Catalog, Collision, Concept, Shard};
-use crate::generation::batch::{default_cpu_workers, run_batch, BatchOptions, BatchReport, BatchStats, Progress};
+use crate::generation::batch::{
+    default_cpu_workers, run_batch, BatchOptions, BatchReport, BatchStats, Progress, Stored, Triage,
+};
 use crate::generation::manifest::manifest_update;
-use crate::generation::{batch_exit_code, load_generators, request_for, ConceptResult, PipelineKind};
+use crate::generation::{batch_exit_code, load_generators, request_for, stored_result, ConceptResult, PipelineKind};
 use crate::pipeline::partcrafter::ModelOptions;
+use crate::quality::QualityOptions;
+use crate::stale::{check_stored, Current};
 use crate::store::{Store, StoreOptions};
 
 /// Fixed-width fields so the bar does not jump as counts grow.
@@ -36,9 +40,12 @@ pub struct PregenerateOptions {
     pub jobs: usize,
     pub points: usize,
     pub force: bool,
+    /// Regenerate only stored assets that are stale (and generate missing ones).
+    pub stale: bool,
     /// Store a preview picture beside each asset.
     pub preview: bool,
     pub json: bool,
+    pub quality: QualityOptions,
     pub model: ModelOptions,
 }
 
@@ -60,8 +67,10 @@ impl PregenerateOptions {
             jobs,
             points: a.points as usize,
             force: a.force,
+            stale: a.stale,
             preview: a.preview,
             json: a.json,
+            quality: a.quality.options()?,
             model: ModelOptions::from(&a.model),
         })
     }
@@ -76,6 +85,12 @@ struct Summary<'a> {
     done: usize,
     skipped: usize,
     failed: usize,
+    /// Concepts that took more than one attempt (--min-quality).
+    retried: usize,
+    /// Concepts stored with their best attempt still under --min-quality.
+    below_gate: usize,
+    /// Stored assets regenerated because they were stale (--stale).
+    regenerated_stale: usize,
     failures: Vec<Failure>,
     collisions: Vec<Collision>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,8 +123,17 @@ pub fn run(opts: PregenerateOptions) -> Result<u8> {
     let gens = load_generators(opts.pipeline, opts.fallback, &opts.model)?;
     let requests: Vec<_> = mine.iter().map(|c| request_for(c, Some(&opts.catalog), None, None, opts.points)).collect();
 
+    // After loading, so that revisions resolve to what was just downloaded.
+    let stale = opts.stale.then(|| StaleTriage { store: &store, current: current_settings(&opts) });
+
     let progress = BatchProgress::new(mine.len(), stderr_is_tty() && !opts.json, !opts.json);
-    let batch = BatchOptions { jobs: opts.jobs, force: opts.force, preview: opts.preview, review: None };
+    let batch = BatchOptions {
+        jobs: opts.jobs,
+        force: opts.force,
+        preview: opts.preview,
+        quality: opts.quality.clone(),
+        triage: stale.as_ref().map(|t| t as &dyn Triage),
+    };
     let report = run_batch(&requests, &gens, &store, &batch, &progress);
     progress.bar.finish_and_clear();
 
@@ -140,6 +164,40 @@ fn shard_concepts(catalog: &Catalog, shard: &Shard) -> Result<(Vec<Concept>, Vec
         }
     }
     Ok((mine, duplicates))
+}
+
+/// What `--stale` compares stored assets with: the flags of this run.
+fn current_settings(opts: &PregenerateOptions) -> Current {
+    let current = Current::new(Some(opts.pipeline), &opts.model, opts.points, Some(opts.catalog.clone()));
+    if let (PipelineKind::PartCrafter, Err(e)) = (opts.pipeline, current.models()) {
+        tracing::warn!("--stale: current model revisions unknown, revisions not compared: {e}");
+    }
+    current
+}
+
+/// `--stale`: a stored asset is regenerated (overwritten) only when it is stale; a current
+/// one is kept, a missing one generated. (Without `--stale`, a stored asset is kept unless
+/// `--force`, which `--stale` excludes.)
+struct StaleTriage<'a> {
+    store: &'a Store,
+    current: Current,
+}
+
+impl Triage for StaleTriage<'_> {
+    fn triage(&self, c: &Concept) -> Stored {
+        match check_stored(self.store, &c.key, &self.current) {
+            Ok(None) => Stored::Generate { overwrite: false, stale: vec![] },
+            Ok(Some(why)) if why.is_empty() => match stored_result(c, self.store, false) {
+                Some(result) => Stored::Final(Box::new(result)),
+                None => Stored::Generate { overwrite: false, stale: vec![] },
+            },
+            Ok(Some(why)) => {
+                tracing::info!("{}: stale ({}), regenerating", c.text, why.join("; "));
+                Stored::Generate { overwrite: true, stale: why }
+            }
+            Err(e) => Stored::Final(Box::new(ConceptResult::failed(c, format!("{e:#}")))),
+        }
+    }
 }
 
 /// The progress bar on a terminal; one log line per finished concept otherwise.
@@ -206,6 +264,9 @@ fn summarize<'a>(
         .filter(|r| r.status == "failed")
         .map(|r| Failure { text: r.text.clone(), key: r.key.clone(), error: r.error.clone().unwrap_or_default() })
         .collect();
+    let retried = results.iter().filter(|r| r.retried()).count();
+    let below_gate = results.iter().filter(|r| r.below_gate()).count();
+    let regenerated_stale = results.iter().filter(|r| !r.stale.is_empty() && r.status != "failed").count();
     Summary {
         catalog: opts.catalog_path.display().to_string(),
         store: store.url(),
@@ -214,6 +275,9 @@ fn summarize<'a>(
         done: count("created") + count("overwritten"),
         skipped: count("exists"),
         failed: failures.len(),
+        retried,
+        below_gate,
+        regenerated_stale,
         failures,
         collisions,
         manifest_error,
@@ -224,8 +288,16 @@ fn summarize<'a>(
 
 fn print_summary(summary: &Summary) {
     emit(&format!(
-        "pregenerate {} shard {}: {} done, {} skipped (already stored), {} failed, of {}",
-        summary.catalog, summary.shard, summary.done, summary.skipped, summary.failed, summary.total_in_shard
+        "pregenerate {} shard {}: {} done, {} skipped (already stored), {} failed, of {}; {} retried, {} below the quality gate, {} stale regenerated",
+        summary.catalog,
+        summary.shard,
+        summary.done,
+        summary.skipped,
+        summary.failed,
+        summary.total_in_shard,
+        summary.retried,
+        summary.below_gate,
+        summary.regenerated_stale
     ));
     for f in &summary.failures {
         emit(&format!("  failed: {} ({}): {}", f.text, f.key, f.error));

@@ -1,5 +1,7 @@
 //! `lumen stats`: what a store holds, read from the assets themselves (the manifest is
 //! only compared against them), so a damaged manifest or blob is reported, not trusted.
+//! Also how good the assets are (verdict counts, the weakest ones) and which are stale
+//! against the settings of the flags given (see `stale.rs`; no weights are loaded).
 
 use std::collections::BTreeMap;
 
@@ -8,8 +10,36 @@ use serde::Serialize;
 
 use super::{emit, emit_json};
 use crate::asset::Asset;
+use crate::cli::StatsArgs;
 use crate::error::exit;
+use crate::pipeline::partcrafter::ModelOptions;
+use crate::quality::{QualitySummary, Verdict};
+use crate::stale::{Against, Current};
 use crate::store::{Manifest, ManifestEntry, Store, StoreOptions};
+
+#[derive(Debug, Clone)]
+pub struct StatsOptions {
+    pub store: String,
+    pub json: bool,
+    pub repair: bool,
+    /// How many of the weakest assets to list.
+    pub weakest: usize,
+    pub current: Current,
+}
+
+impl StatsOptions {
+    pub fn from_args(a: StatsArgs) -> Result<Self> {
+        let catalog = a.catalog.as_deref().map(crate::concept::Catalog::load).transpose()?;
+        let model = ModelOptions::from(&a.model);
+        Ok(Self {
+            store: a.store.store,
+            json: a.json,
+            repair: a.repair,
+            weakest: a.weakest,
+            current: Current::new(a.pipeline.map(Into::into), &model, a.points as usize, catalog),
+        })
+    }
+}
 
 #[derive(Debug, Default, Serialize)]
 pub struct StatsReport {
@@ -24,6 +54,45 @@ pub struct StatsReport {
     pub collisions: Vec<CollisionReport>,
     pub invalid: Vec<InvalidBlob>,
     pub manifest: ManifestCheck,
+    pub quality: QualityReport,
+    pub stale: StaleReport,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct QualityReport {
+    /// ok | weak | bad | unknown (assets without a quality object) → count.
+    pub verdicts: BTreeMap<String, usize>,
+    /// Assets stored with their best attempt under the run's --min-quality.
+    pub below_gate: usize,
+    /// Assets that took more than one attempt.
+    pub retried: usize,
+    /// The weakest assets, bad first (unknown ones are not listed).
+    pub weakest: Vec<WeakAsset>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WeakAsset {
+    pub key: String,
+    pub text: String,
+    pub verdict: Verdict,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct StaleReport {
+    pub count: usize,
+    /// Reason → how many assets it applies to.
+    pub reasons: BTreeMap<String, usize>,
+    pub assets: Vec<StaleAsset>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub against: Option<Against>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleAsset {
+    pub key: String,
+    pub text: String,
+    pub reasons: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Clone, PartialEq)]
@@ -69,10 +138,10 @@ pub struct ManifestCheck {
     pub error: Option<String>,
 }
 
-pub fn run(store_url: &str, json: bool, repair: bool) -> Result<u8> {
-    let store = Store::open(store_url, &StoreOptions::from_env())?;
-    let report = collect(&store, repair)?;
-    if json {
+pub fn run(opts: StatsOptions) -> Result<u8> {
+    let store = Store::open(&opts.store, &StoreOptions::from_env())?;
+    let report = collect(&store, opts.repair, &opts.current, opts.weakest)?;
+    if opts.json {
         emit_json(&serde_json::to_value(&report)?);
     } else {
         print_human(&report);
@@ -84,7 +153,7 @@ pub fn run(store_url: &str, json: bool, repair: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-pub fn collect(store: &Store, repair: bool) -> Result<StatsReport> {
+pub fn collect(store: &Store, repair: bool, current: &Current, weakest: usize) -> Result<StatsReport> {
     let (manifest, manifest_error) = match store.read_manifest() {
         Ok(m) => (m, None),
         Err(e) => (Manifest::default(), Some(format!("{e:#}"))),
@@ -123,6 +192,8 @@ pub fn collect(store: &Store, repair: bool) -> Result<StatsReport> {
         for (stage, ms) in &asset.timings_ms {
             timings.entry(stage.clone()).or_default().push(*ms);
         }
+        count_quality(&mut report.quality, key, &asset);
+        count_stale(&mut report.stale, key, &asset, current);
         let texts = manifest.entries.get(key).map(|e| e.texts.clone()).unwrap_or_default();
         rebuilt.insert(
             key.clone(),
@@ -133,10 +204,15 @@ pub fn collect(store: &Store, repair: bool) -> Result<StatsReport> {
                 pipeline: asset.pipeline.name,
                 created_at: asset.created_at,
                 texts,
+                quality: asset.quality.as_ref().map(QualitySummary::from),
             },
         );
     }
     report.size_bytes = Percentiles::of(&mut sizes);
+    let w = &mut report.quality.weakest;
+    w.sort_by(|a, b| a.verdict.cmp(&b.verdict).then(b.reasons.len().cmp(&a.reasons.len())).then(a.text.cmp(&b.text)));
+    w.truncate(weakest);
+    report.stale.against = Some(current.against());
     report.timings_ms = timings.into_iter().map(|(k, mut v)| (k, Percentiles::of(&mut v))).collect();
     report.collisions = manifest
         .entries
@@ -158,6 +234,64 @@ pub fn collect(store: &Store, repair: bool) -> Result<StatsReport> {
     Ok(report)
 }
 
+/// Verdict counts and the candidates for the weakest list (sorted and cut after the scan).
+fn count_quality(r: &mut QualityReport, key: &str, asset: &Asset) {
+    let Some(q) = &asset.quality else {
+        *r.verdicts.entry("unknown".into()).or_default() += 1;
+        return;
+    };
+    *r.verdicts.entry(q.verdict.to_string()).or_default() += 1;
+    r.below_gate += usize::from(q.gate.is_some_and(|g| !g.passed));
+    r.retried += usize::from(q.attempts.len() > 1);
+    if q.verdict != Verdict::Ok {
+        let text = asset.text.clone();
+        r.weakest.push(WeakAsset { key: key.into(), text, verdict: q.verdict, reasons: q.reasons.clone() });
+    }
+}
+
+fn count_stale(r: &mut StaleReport, key: &str, asset: &Asset, current: &Current) {
+    let why = current.why_stale(asset);
+    if why.is_empty() {
+        return;
+    }
+    r.count += 1;
+    for reason in &why {
+        *r.reasons.entry(reason.clone()).or_default() += 1;
+    }
+    r.assets.push(StaleAsset { key: key.into(), text: asset.text.clone(), reasons: why });
+}
+
+fn print_quality(r: &StatsReport) {
+    let q = &r.quality;
+    let count = |v: &str| q.verdicts.get(v).copied().unwrap_or(0);
+    emit(&format!(
+        "quality      {} ok, {} weak, {} bad, {} unknown (made before verdicts); {} below the gate, {} retried",
+        count("ok"),
+        count("weak"),
+        count("bad"),
+        count("unknown"),
+        q.below_gate,
+        q.retried
+    ));
+    for w in &q.weakest {
+        emit(&format!("weakest      {} ({}): {}", w.text, w.key, crate::quality::label(w.verdict, &w.reasons)));
+    }
+    let s = &r.stale;
+    if let Some(a) = &s.against {
+        let models = if a.models.is_empty() { String::new() } else { format!(", models {}", a.models.join(" ")) };
+        emit(&format!(
+            "stale        {} of {} against {} pipeline, {} points{models}",
+            s.count, r.assets, a.pipeline, a.points
+        ));
+        if let Some(why) = &a.models_unknown {
+            emit(&format!("stale        current model revisions unknown, not compared: {why}"));
+        }
+    }
+    for (reason, n) in &s.reasons {
+        emit(&format!("stale        {n}: {reason}"));
+    }
+}
+
 fn print_human(r: &StatsReport) {
     emit(&format!("store        {}", r.store));
     emit(&format!("assets       {} ({} bytes in all)", r.assets, r.total_bytes));
@@ -177,6 +311,7 @@ fn print_human(r: &StatsReport) {
     for c in &r.collisions {
         emit(&format!("collision    {}: {:?}", c.key, c.texts));
     }
+    print_quality(r);
     for b in &r.invalid {
         emit(&format!("INVALID      shapes/{}.json: {}", b.key, b.error));
     }

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::asset::Asset;
 use crate::preview::{self, palette};
+use crate::quality::QualitySummary;
 use crate::store::Store;
 
 const VIEWER_HTML: &str = include_str!("viewer.html");
@@ -49,6 +50,9 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub collision: Vec<String>,
     pub dropped_parts: usize,
+    /// The verdict and reasons (None: invalid, or made before verdicts: shown as unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualitySummary>,
     /// The viewer page, relative to the gallery folder.
     pub page: String,
 }
@@ -152,6 +156,7 @@ fn asset_pages(store: &Store, out: &Path, key: &str, size: u64, collision: Vec<S
         created_at: String::new(),
         collision,
         dropped_parts: 0,
+        quality: None,
         page: page.clone(),
     };
     let bytes = match store.get(&Store::shape_rel(key)) {
@@ -177,6 +182,7 @@ fn asset_pages(store: &Store, out: &Path, key: &str, size: u64, collision: Vec<S
             entry.timings_ms = asset.timings_ms.clone();
             entry.created_at = asset.created_at.clone();
             entry.dropped_parts = asset.dropped_parts.len();
+            entry.quality = asset.quality.as_ref().map(QualitySummary::from);
         }
         Ok((asset, _)) => entry.error = Some(format!("stored under {key} but its key is {}", asset.key)),
         Err(e) if entry.error.is_none() => entry.error = Some(e.0),
@@ -263,12 +269,13 @@ fn write_index(out: &Path, store_url: &str, entries: &[Entry], page_size: usize)
             esc(store_url)
         ));
         h.push_str(&format!(
-            "<p id=\"summary\">{} assets ({}), <span class=\"{}\">{} invalid</span>, {} collisions</p>\n",
+            "<p id=\"summary\">{} assets ({}), <span class=\"{}\">{} invalid</span>, {} collisions; quality {}</p>\n",
             entries.len() - invalid.len(),
             if pipelines.is_empty() { "none".into() } else { pipelines.join(", ") },
             if invalid.is_empty() { "none" } else { "bad" },
             invalid.len(),
-            entries.iter().filter(|e| !e.collision.is_empty()).count()
+            entries.iter().filter(|e| !e.collision.is_empty()).count(),
+            verdict_counts(entries)
         ));
         if i == 0 && !invalid.is_empty() {
             h.push_str("<ul id=\"problems\">");
@@ -284,7 +291,7 @@ fn write_index(out: &Path, store_url: &str, entries: &[Entry], page_size: usize)
         }
         let nav = pager(&names, i);
         h.push_str(&nav);
-        h.push_str("<table id=\"assets\"><thead><tr><th></th><th>concept</th><th>parts</th><th>pipeline</th><th>size</th><th>timings (ms)</th><th>flags</th></tr></thead><tbody>\n");
+        h.push_str("<table id=\"assets\"><thead><tr><th></th><th>concept</th><th>parts</th><th>pipeline</th><th>quality</th><th>size</th><th>timings (ms)</th><th>flags</th></tr></thead><tbody>\n");
         for e in chunk.iter() {
             h.push_str(&index_row(e));
         }
@@ -294,6 +301,13 @@ fn write_index(out: &Path, store_url: &str, entries: &[Entry], page_size: usize)
         write(out, &names[i], h.as_bytes())?;
     }
     Ok(names)
+}
+
+/// `3 ok, 1 weak, 0 bad, 2 unknown` over the valid entries.
+fn verdict_counts(entries: &[Entry]) -> String {
+    let valid: Vec<&Entry> = entries.iter().filter(|e| e.status == "ok").collect();
+    let n = |v: Option<&str>| valid.iter().filter(|e| e.quality.as_ref().map(|q| q.verdict.as_str()) == v).count();
+    format!("{} ok, {} weak, {} bad, {} unknown", n(Some("ok")), n(Some("weak")), n(Some("bad")), n(None))
 }
 
 fn pager(names: &[String], current: usize) -> String {
@@ -322,6 +336,24 @@ fn pager(names: &[String], current: usize) -> String {
     s
 }
 
+/// The index's quality badge: the verdict, the reasons as its tooltip; `unknown` for an
+/// asset made before verdicts were recorded.
+fn quality_badge(e: &Entry) -> String {
+    let Some(q) = &e.quality else {
+        return "<span class=\"badge unknown\" title=\"made before quality verdicts were recorded\">unknown</span>"
+            .into();
+    };
+    let mut s = format!(
+        "<span class=\"badge {v}\" title=\"{}\">{v}</span>",
+        esc(&q.reasons.join("; ")),
+        v = q.verdict.as_str()
+    );
+    if q.passed_gate == Some(false) {
+        s.push_str("<br><small class=\"bad\">below the gate</small>");
+    }
+    s
+}
+
 fn index_row(e: &Entry) -> String {
     let ok = e.status == "ok";
     let thumb = if ok {
@@ -347,7 +379,7 @@ fn index_row(e: &Entry) -> String {
         flags.push(format!("<span class=\"warn\">{} part(s) dropped</span>", e.dropped_parts));
     }
     format!(
-        "<tr class=\"{}\" data-key=\"{}\"><td>{thumb}</td><td><a href=\"{}\">{}</a><br><small>{}</small></td><td>{}<br>{parts}</td><td>{}</td><td>{} B</td><td>{}{timings}</td><td>{}</td></tr>\n",
+        "<tr class=\"{}\" data-key=\"{}\"><td>{thumb}</td><td><a href=\"{}\">{}</a><br><small>{}</small></td><td>{}<br>{parts}</td><td>{}</td><td>{}</td><td>{} B</td><td>{}{timings}</td><td>{}</td></tr>\n",
         if ok { "ok" } else { "invalid" },
         esc(&e.key),
         e.page,
@@ -355,6 +387,7 @@ fn index_row(e: &Entry) -> String {
         esc(&e.key),
         if ok { format!("{} parts, {} points", e.parts.len(), e.num_points) } else { String::new() },
         esc(&e.pipeline),
+        if ok { quality_badge(e) } else { String::new() },
         e.size,
         if ok { format!("<b>{total:.1}</b> in all<br>") } else { String::new() },
         flags.join("<br>")

@@ -264,6 +264,33 @@
       dt.textContent = kv[0]; dd.textContent = String(kv[1]);
       dl.append(dt, dd);
     });
+    buildQuality(qualityOf(a));
+  }
+
+  // The asset's verdict and reasons; an asset made before verdicts were recorded is unknown.
+  function qualityOf(a) {
+    var q = a.quality;
+    if (!q || typeof q !== "object") return { verdict: "unknown", reasons: [], below_gate: false };
+    var gate = q.gate && q.gate.passed === false;
+    return { verdict: String(q.verdict), reasons: (q.reasons || []).map(String), below_gate: !!gate,
+             attempts: (q.attempts || []).length };
+  }
+
+  function buildQuality(q) {
+    var box = $("quality");
+    var badge = document.createElement("span");
+    badge.className = "badge " + q.verdict;
+    badge.textContent = q.verdict + (q.below_gate ? " (below the gate)" : "");
+    box.appendChild(badge);
+    if (q.attempts > 1) box.appendChild(document.createTextNode(" after " + q.attempts + " attempts"));
+    var ul = document.createElement("ul");
+    ul.id = "reasons";
+    q.reasons.forEach(function (r) {
+      var li = document.createElement("li");
+      li.textContent = r;
+      ul.appendChild(li);
+    });
+    box.appendChild(ul);
   }
 
   // Links can open a viewer in a given state: #mode=attachment&hide=2,3&highlight=1.
@@ -307,7 +334,7 @@
   var decoded = {
     status: "ok", key: d.asset.key, text: d.asset.text, pipeline: d.asset.pipeline.name,
     num_points: d.n, num_parts: d.names.length, part_names: d.names, part_counts: d.counts.slice(1),
-    unassigned: d.counts[0], webgl: false
+    unassigned: d.counts[0], webgl: false, quality: qualityOf(d.asset)
   };
   buildLegend({ d: d, visible: [], highlight: null });
   buildMeta(d);

@@ -14,10 +14,16 @@
 //! Only the device thread calls [`ShapeGenerator::run_device`], so device memory holds one
 //! concept whatever `jobs` is, and the channel's bound keeps at most a few concepts' decoded
 //! fields waiting in host memory. A CPU worker can send a concept back to the device queue —
-//! the fallback pipeline after a CPU-phase failure, or a [`Review`] (quality gates) asking for
-//! another attempt — and a concept's result is recorded exactly once, when it is final.
-//! Results are stored by the concept's position, so the summary's order never depends on
-//! which worker finished first. A panic inside one concept's work fails that concept only.
+//! the fallback pipeline after a CPU-phase failure, or the next attempt of a quality gate —
+//! and a concept's result is recorded exactly once, when it is final. Results are stored by
+//! the concept's position, so the summary's order never depends on which worker finished
+//! first. A panic inside one concept's work fails that concept only.
+//!
+//! Quality gates (`--min-quality`, `--retries`) run here too, and only here: a CPU worker
+//! grades each attempt as it builds the asset, records it ([`Attempts`]) and asks the pure
+//! policy ([`crate::quality::retry`]) what next. Below the gate with retries left, the
+//! concept goes back to the device queue with the next derived seed; otherwise the best
+//! attempt is stored, once, with every attempt in its `quality` object.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,10 +37,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tracing::Span;
 
+use super::attempts::{log_attempt, AttemptResult, Attempts, Built};
 use super::{add_preview, store_asset, store_images, stored_result, ConceptResult, Generators};
-use crate::asset::Asset;
 use crate::concept::Concept;
-use crate::shape::{build_asset, DeviceOutput, ShapeGenerator, ShapeRequest};
+use crate::quality::retry::{self, Outcome, Step};
+use crate::quality::{Quality, QualityOptions};
+use crate::shape::{build_graded_asset, DeviceOutput, ShapeGenerator, ShapeRequest};
 use crate::stage::Timings;
 use crate::store::Store;
 
@@ -48,7 +56,7 @@ pub fn default_cpu_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct BatchOptions<'a> {
     /// CPU workers (the device has one worker, always).
     pub jobs: usize,
@@ -56,25 +64,33 @@ pub struct BatchOptions<'a> {
     pub force: bool,
     /// Store a preview picture beside each asset.
     pub preview: bool,
-    /// Looks at each finished attempt before it is stored (quality gates).
-    pub review: Option<&'a dyn Review>,
+    /// The thresholds every attempt is graded with, and the gate and retries.
+    pub quality: QualityOptions,
+    /// Decides, concept by concept, what a stored asset means (`pregenerate --stale`);
+    /// None: a stored concept is kept unless `force`.
+    pub triage: Option<&'a dyn Triage>,
 }
 
-/// What a [`Review`] decides about a concept's attempts.
+impl BatchOptions<'_> {
+    /// `jobs` CPU workers, nothing overwritten, no preview, graded with the default
+    /// thresholds and no gate.
+    pub fn new(jobs: usize) -> Self {
+        Self { jobs, force: false, preview: false, quality: QualityOptions::default(), triage: None }
+    }
+}
+
+/// What a batch does with a concept before generating anything.
 #[derive(Debug, Clone)]
-pub enum Verdict {
-    /// Store the latest attempt.
-    Accept,
-    /// Store attempt `n` (0 = the first) of those reviewed so far.
-    Keep(usize),
-    /// Another device pass with this request (same concept; e.g. the next derived seed).
-    Retry(ShapeRequest),
+pub enum Stored {
+    /// Final as it is (already stored, or the store could not say).
+    Final(Box<ConceptResult>),
+    /// Generate it: `overwrite` replaces what is stored, `stale` says why (reported).
+    Generate { overwrite: bool, stale: Vec<String> },
 }
 
-/// A CPU-side check of every attempt before it is stored. `attempts` holds this concept's
-/// attempts so far, the latest last.
-pub trait Review: Sync {
-    fn review(&self, request: &ShapeRequest, attempts: &[Asset]) -> Verdict;
+/// Looks at what is stored for each concept (from several threads at once).
+pub trait Triage: Sync {
+    fn triage(&self, concept: &Concept) -> Stored;
 }
 
 /// Told about each concept as its result becomes final (from any worker thread).
@@ -174,20 +190,29 @@ pub fn run_batch(
 struct Job {
     index: usize,
     request: ShapeRequest,
+    /// The first attempt's seed, which the policy derives the others' from.
+    base_seed: u64,
     /// Position in the generator chain (primary, then fallback) of the one to run next.
     generator: usize,
     /// Why earlier generators failed, as the result reports them.
     errors: Vec<String>,
-    /// Attempts a review sent back, kept so it can pick one.
-    attempts: Vec<Asset>,
+    /// This attempt's grade from a generator that dropped every part (see [`AttemptResult`]).
+    nothing_usable: Option<Quality>,
+    /// The quality gate's attempts so far and the best asset among them.
+    attempts: Attempts,
+    /// Replace a stored asset ([`Stored::Generate`]).
+    overwrite: bool,
+    /// Why the stored asset is stale, for the result.
+    stale: Vec<String>,
     /// The `concept` span: every event of its device and CPU work carries its key.
     span: Span,
 }
 
-/// A concept whose device phase is done.
+/// A concept whose device phase is done: its output, or None when every generator's device
+/// phase failed (the errors are in the job; the CPU worker records the failed attempt).
 struct DevicePass {
     job: Job,
-    output: Option<DeviceOutput>,
+    output: Option<Option<DeviceOutput>>,
     timings: Timings,
 }
 
@@ -223,7 +248,7 @@ impl<'a> Batch<'a> {
             chain: gens.primary.iter().chain(gens.fallback.iter()).map(|g| g.as_ref()).collect(),
             first_errors: gens.primary_error.iter().cloned().collect(),
             store,
-            opts: *opts,
+            opts: opts.clone(),
             progress,
             results: Mutex::new(vec![None; count]),
             to_device: Mutex::new((count > 0).then_some(to_device)),
@@ -238,16 +263,21 @@ impl<'a> Batch<'a> {
     /// the others become jobs. Store lookups run in parallel: on GCS each is a round trip.
     fn triage(&self, requests: &[ShapeRequest]) -> Vec<Job> {
         let check = |(index, request): (usize, &ShapeRequest)| {
-            let job = self.job(index, request);
+            let mut job = self.job(index, request);
             let _in_concept = job.span.clone().entered();
-            let Some(mut result) = stored_result(&request.concept, self.store, self.opts.force) else {
-                return Some(job);
-            };
-            if self.opts.preview {
-                add_preview(self.store, &mut result);
+            match self.stored(&request.concept) {
+                Stored::Generate { overwrite, stale } => {
+                    (job.overwrite, job.stale) = (overwrite, stale);
+                    Some(job)
+                }
+                Stored::Final(mut result) => {
+                    if self.opts.preview {
+                        add_preview(self.store, &mut result);
+                    }
+                    self.finish(index, *result);
+                    None
+                }
             }
-            self.finish(index, result);
-            None
         };
         let pool = rayon::ThreadPoolBuilder::new().num_threads(self.opts.jobs.max(1)).build();
         let jobs: Vec<Option<Job>> = match pool {
@@ -265,6 +295,16 @@ impl<'a> Batch<'a> {
         jobs
     }
 
+    fn stored(&self, concept: &Concept) -> Stored {
+        if let Some(triage) = self.opts.triage {
+            return triage.triage(concept);
+        }
+        match stored_result(concept, self.store, self.opts.force) {
+            Some(result) => Stored::Final(Box::new(result)),
+            None => Stored::Generate { overwrite: self.opts.force, stale: vec![] },
+        }
+    }
+
     fn job(&self, index: usize, request: &ShapeRequest) -> Job {
         let device = self.chain.first().map_or("cpu", |g| g.device_kind());
         // At error level so every event inside carries the key at any verbosity.
@@ -275,7 +315,18 @@ impl<'a> Batch<'a> {
             seed = request.seed,
             device = %device
         );
-        Job { index, request: request.clone(), generator: 0, errors: self.first_errors.clone(), attempts: vec![], span }
+        Job {
+            index,
+            request: request.clone(),
+            base_seed: request.seed,
+            generator: 0,
+            errors: self.first_errors.clone(),
+            nothing_usable: None,
+            attempts: Attempts::default(),
+            overwrite: self.opts.force,
+            stale: vec![],
+            span,
+        }
     }
 
     fn send_to_device(&self, jobs: Vec<Job>) {
@@ -326,7 +377,7 @@ impl<'a> Batch<'a> {
     }
 
     /// The device phase with the job's generator, then the next in the chain if it fails.
-    /// `None` when every generator failed (the concept is then final).
+    /// When every generator fails, the CPU workers record the failed attempt.
     fn device_pass(&self, mut job: Job) -> Option<DevicePass> {
         let span = job.span.clone();
         let _in_concept = span.enter();
@@ -337,13 +388,11 @@ impl<'a> Batch<'a> {
             add_ns(&self.device_busy_ns, started.elapsed());
             self.device_passes.fetch_add(1, Ordering::Relaxed);
             match output {
-                Ok(output) => return Some(DevicePass { job, output, timings }),
+                Ok(output) => return Some(DevicePass { job, output: Some(output), timings }),
                 Err(e) => self.note_failure(&mut job, generator, &e),
             }
         }
-        let error = job.errors.join("; ");
-        self.finish(job.index, ConceptResult::failed(&job.request.concept, error));
-        None
+        Some(DevicePass { job, output: None, timings: Timings::default() })
     }
 
     fn note_failure(&self, job: &mut Job, generator: &dyn ShapeGenerator, error: &anyhow::Error) {
@@ -364,57 +413,99 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// One concept's CPU phase: meshes, kept images, the asset; then the review and the store.
-    /// A CPU-phase failure sends the concept to the next generator's device pass.
+    /// One concept's CPU phase: meshes, kept images and the graded asset; then the gate's
+    /// decision. A CPU-phase failure sends the concept to the next generator's device pass.
     fn cpu_pass(&self, pass: DevicePass) {
         let DevicePass { mut job, output, mut timings } = pass;
         let span = job.span.clone();
         let _in_concept = span.enter();
+        let Some(output) = output else { return self.attempt_failed(job) };
         timings.detach_device();
         let generator = self.chain[job.generator];
         let request = &job.request;
+        let thresholds = &self.opts.quality.thresholds;
         let built = guarded(|| {
-            let shape = generator.finish_on_cpu(request, output, &mut timings)?;
-            if !shape.images.is_empty() {
-                store_images(self.store, &request.concept.key, &shape.images)?;
-            }
-            build_asset(request, shape, timings)
+            let mut shape = generator.finish_on_cpu(request, output, &mut timings)?;
+            let images = std::mem::take(&mut shape.images);
+            let asset = build_graded_asset(request, shape, timings, thresholds)?;
+            Ok(Built { asset, images })
         });
         match built {
-            Ok(asset) => self.review_and_store(job, asset),
+            Ok(built) => self.attempt_done(job, AttemptResult::Built(Box::new(built))),
             Err(e) => {
+                if let Some(grade) = AttemptResult::grade_failure(&e, thresholds) {
+                    job.nothing_usable = Some(grade);
+                }
                 self.note_failure(&mut job, generator, &e);
                 if job.generator < self.chain.len() {
                     self.requeue(job);
                 } else {
-                    let error = job.errors.join("; ");
-                    self.finish(job.index, ConceptResult::failed(&job.request.concept, error));
+                    self.attempt_failed(job);
                 }
             }
         }
     }
 
-    fn review_and_store(&self, mut job: Job, asset: Asset) {
-        job.attempts.push(asset);
-        let verdict = match self.opts.review {
-            Some(review) => guarded(|| Ok(review.review(&job.request, &job.attempts))).unwrap_or(Verdict::Accept),
-            None => Verdict::Accept,
-        };
-        let chosen = match verdict {
-            Verdict::Retry(request) => {
-                tracing::info!(attempt = job.attempts.len(), "{}: another device pass", job.request.concept.text);
-                job.request = request;
-                return self.requeue(job);
+    /// Every generator failed this attempt.
+    fn attempt_failed(&self, mut job: Job) {
+        let error = job.errors.last().cloned().unwrap_or_else(|| "no generator ran".into());
+        let grade = job.nothing_usable.take();
+        self.attempt_done(job, AttemptResult::Failed { error, grade: grade.map(Box::new) });
+    }
+
+    /// Records an attempt, logs it with its verdict, and follows the policy: another device
+    /// pass with the next seed, or the best attempt stored.
+    fn attempt_done(&self, mut job: Job, result: AttemptResult) {
+        let policy = self.opts.quality.policy;
+        let record = job.attempts.record(job.request.seed, result);
+        log_attempt(&job.request.concept.text, record, policy.gate.is_some());
+        match retry::next_step(&policy, job.base_seed, job.attempts.records()) {
+            Step::Retry { attempt, seed } => {
+                tracing::info!(
+                    attempt,
+                    seed,
+                    "{}: below the quality gate, attempt {attempt} with seed {seed}",
+                    job.request.concept.text
+                );
+                job.request.seed = seed;
+                job.generator = 0;
+                job.nothing_usable = None;
+                self.requeue(job);
             }
-            Verdict::Keep(n) if n < job.attempts.len() => job.attempts.swap_remove(n),
-            Verdict::Keep(_) | Verdict::Accept => job.attempts.pop().expect("the latest attempt"),
+            Step::Stop => self.store_kept(job),
+        }
+    }
+
+    /// Stores the best attempt (with its kept images), once; no attempt with an asset fails
+    /// the concept with every attempt's errors.
+    fn store_kept(&self, job: Job) {
+        let Job { index, request, attempts, errors, overwrite, stale, .. } = job;
+        let concept = &request.concept;
+        let policy = self.opts.quality.policy;
+        let tries = attempts.records().len();
+        let (kept, outcome) = attempts.finish(&policy);
+        let Some(Built { asset, images }) = kept else {
+            return self.finish(index, ConceptResult { stale, ..ConceptResult::failed(concept, errors.join("; ")) });
         };
-        let mut result = guarded(|| Ok(store_asset(&job.request.concept, chosen, self.store, self.opts.force)))
-            .unwrap_or_else(|e| ConceptResult::failed(&job.request.concept, format!("{e:#}")));
+        if let (Some(_), Outcome::BelowGate { kept }) = (policy.gate, outcome) {
+            tracing::warn!(
+                attempt = kept,
+                "{}: still below the quality gate after {tries} attempts; keeping attempt {kept}",
+                concept.text
+            );
+        }
+        let mut result = guarded(|| {
+            if !images.is_empty() {
+                store_images(self.store, &concept.key, &images)?;
+            }
+            Ok(store_asset(concept, asset, self.store, overwrite))
+        })
+        .unwrap_or_else(|e| ConceptResult::failed(concept, format!("{e:#}")));
+        result.stale = stale;
         if self.opts.preview {
             add_preview(self.store, &mut result);
         }
-        self.finish(job.index, result);
+        self.finish(index, result);
     }
 
     /// Concepts without a result (a worker died) fail, so the summary still has every one.

@@ -62,6 +62,7 @@ fn new_entry(r: &ConceptResult, normalized: &str, created_at: &str) -> ManifestE
         pipeline: r.pipeline.clone().unwrap_or_default(),
         created_at: created_at.to_string(),
         texts: vec![],
+        quality: r.quality.clone(),
     }
 }
 
@@ -76,5 +77,6 @@ pub fn entry_from_blob(store: &Store, key: &str) -> Option<ManifestEntry> {
         pipeline: asset.pipeline.name,
         created_at: asset.created_at,
         texts: vec![],
+        quality: asset.quality.as_ref().map(crate::quality::QualitySummary::from),
     })
 }

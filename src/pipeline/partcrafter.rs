@@ -148,7 +148,11 @@ impl PartCrafterGenerator {
 
         let models = [&sdxl_repo, &rmbg_repo, &pc_repo]
             .iter()
-            .map(|r| ModelInfo { id: r.repo.id.to_string(), revision: r.commit.clone() })
+            .map(|r| ModelInfo {
+                id: r.repo.id.to_string(),
+                revision: r.commit.clone(),
+                license: Some(r.repo.license.id.to_string()),
+            })
             .collect();
         let parts = PartCrafter {
             latents,
@@ -184,6 +188,20 @@ impl PartCrafterGenerator {
     }
 }
 
+/// The settings every asset of this pipeline records that change what a shape looks like
+/// (the per-concept prompt and part count are added beside them). `stale` compares the same
+/// map, built from the current flags, so the two never disagree.
+pub fn generation_settings(options: &ModelOptions) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut settings = std::collections::BTreeMap::new();
+    settings.insert("steps".into(), options.steps.into());
+    settings.insert("guidance".into(), options.guidance.into());
+    settings.insert("tokens".into(), options.tokens.into());
+    settings.insert("sd_steps".into(), options.sd_steps.into());
+    settings.insert("extract_depth".into(), options.extract_depth.into());
+    settings.insert("fp16_vae".into(), options.fp16_vae.into());
+    settings
+}
+
 impl PartCrafterGenerator {
     /// SDXL Turbo → BriaRMBG → PartCrafter (latents and decoded fields) for one concept.
     fn model_stages(&self, request: &ShapeRequest, num_parts: usize, timings: &mut Timings) -> Result<DeviceOutput> {
@@ -194,15 +212,13 @@ impl PartCrafterGenerator {
         let mut images = Vec::new();
         if self.options.keep_images {
             images.push(("reference.png".to_string(), image::DynamicImage::ImageRgb8(reference)));
-            images.push(("mask.png".to_string(), image::DynamicImage::ImageLuma8(prepared.mask)));
+            images.push(("mask.png".to_string(), image::DynamicImage::ImageLuma8(prepared.mask.clone())));
             images.push(("prepared.png".to_string(), image::DynamicImage::ImageRgb8(prepared.image)));
         }
-        let mut settings = std::collections::BTreeMap::new();
+        let mut settings = generation_settings(&self.options);
         settings.insert("prompt".into(), serde_json::Value::from(prompt));
-        settings.insert("steps".into(), self.options.steps.into());
-        settings.insert("guidance".into(), self.options.guidance.into());
+        // The tokens per part the parts were made with (fewer after running out of memory).
         settings.insert("tokens".into(), tokens.into());
-        settings.insert("sd_steps".into(), self.options.sd_steps.into());
         settings.insert("parts_requested".into(), num_parts.into());
         if !retries.is_empty() {
             settings.insert("memory_retry".into(), serde_json::to_value(&retries)?);
@@ -212,6 +228,8 @@ impl PartCrafterGenerator {
             parts,
             pipeline: PipelineInfo { name: "partcrafter".into(), models: self.models.clone(), settings },
             images,
+            mask: Some(prepared.mask),
+            parts_requested: Some(num_parts),
         })
     }
 
@@ -300,6 +318,13 @@ impl ShapeGenerator for PartCrafterGenerator {
             .iter()
             .map(|(name, image)| Ok((name.clone(), png_bytes(image)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(GeneratedShape { parts, dropped, pipeline: device.pipeline, images })
+        Ok(GeneratedShape {
+            parts,
+            dropped,
+            pipeline: device.pipeline,
+            images,
+            mask: device.mask,
+            parts_requested: device.parts_requested,
+        })
     }
 }

@@ -1,8 +1,8 @@
 //! Preview pictures of stored assets, for looking at shapes without writing a script.
 //!
 //! A preview is one PNG: four orthographic views (front, side, top, three-quarter) of the
-//! point cloud coloured by part, a header with the concept text and pipeline, and a legend
-//! of part names and point counts. A contact sheet puts every asset's three-quarter view in
+//! point cloud coloured by part, a header with the concept text, pipeline and quality
+//! verdict, and a legend of part names and point counts. A contact sheet puts every asset's three-quarter view in
 //! a grid with its name (a CI artifact for a whole store).
 //!
 //! Everything is drawn in software from fixed tables (palette, 5×7 font) with no clock and
@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 
 use crate::asset::{Asset, PointData};
+use crate::quality::Verdict;
 use crate::store::Store;
 use canvas::{fit, Canvas};
 pub use render::{Frame, View};
@@ -33,6 +34,15 @@ pub const LEGEND_TOP: u32 = HEADER + 28;
 pub const LEGEND_ROW: u32 = 14;
 /// Left edge of a legend row's name (its swatch sits to the left).
 pub const LEGEND_NAME_X: u32 = 2 * VIEW + 26;
+
+/// Top of the quality badge (right-aligned 10 px from the picture's right edge).
+pub const BADGE_Y: u32 = 8;
+
+/// The header's quality badge: `quality ok|weak|bad`, or `quality unknown` for an asset made
+/// before verdicts were recorded.
+pub fn quality_badge(asset: &Asset) -> String {
+    format!("quality {}", asset.quality.as_ref().map_or("unknown", |q| q.verdict.as_str()))
+}
 
 /// Where a preview goes in a store.
 pub fn preview_rel(key: &str) -> String {
@@ -76,7 +86,17 @@ pub fn legend(asset: &Asset, points: &PointData) -> Vec<LegendRow> {
 /// The preview picture of a decoded asset.
 pub fn render(asset: &Asset, points: &PointData) -> RgbImage {
     let mut c = Canvas::new(WIDTH, HEIGHT, palette::BACKGROUND);
-    let title_chars = ((WIDTH - 20) / (font::ADVANCE * 2)) as usize;
+    // The verdict at the header's right; the title gets what is left of the line.
+    let badge = quality_badge(asset);
+    let badge_w = font::text_width(&badge, 1);
+    let colour = match asset.quality.as_ref().map(|q| q.verdict) {
+        Some(Verdict::Ok) => palette::TEXT,
+        Some(Verdict::Weak) => palette::WEAK_TEXT,
+        Some(Verdict::Bad) => palette::WARN_TEXT,
+        None => palette::DIM_TEXT,
+    };
+    c.text(WIDTH - 10 - badge_w, BADGE_Y, &badge, 1, colour);
+    let title_chars = ((WIDTH - 30 - badge_w) / (font::ADVANCE * 2)) as usize;
     c.text(10, 8, &fit(&asset.text, title_chars), 2, palette::TEXT);
     let subtitle = format!(
         "{} pipeline  {} points  {} parts  key {}",
@@ -244,6 +264,7 @@ mod tests {
             timings_ms: Default::default(),
             tool: ToolInfo::current(),
             dropped_parts: vec![],
+            quality: None,
         };
         let points = asset.validate().unwrap();
         (asset, points)

@@ -34,6 +34,8 @@ pub const RULE: [u8; 3] = [58, 61, 70];
 pub const TEXT: [u8; 3] = [236, 236, 230];
 pub const DIM_TEXT: [u8; 3] = [160, 160, 150];
 pub const WARN_TEXT: [u8; 3] = [255, 110, 90];
+/// A weak verdict: the gallery's warning yellow.
+pub const WEAK_TEXT: [u8; 3] = [255, 200, 87];
 
 /// Shading steps: level 0 is the darkest (far, at a splat's rim), `LEVELS - 1` the colour itself.
 pub const LEVELS: usize = 12;
@@ -77,7 +79,7 @@ mod tests {
                 }
             }
         }
-        for c in [BACKGROUND, RULE, TEXT, DIM_TEXT, WARN_TEXT] {
+        for c in [BACKGROUND, RULE, TEXT, DIM_TEXT, WARN_TEXT, WEAK_TEXT] {
             assert!(!seen.contains_key(&c), "{c:?} is also a point colour");
         }
         assert_eq!(shade(part(3), LEVELS - 1), PARTS[2]);

@@ -17,6 +17,7 @@ pub fn lumen() -> Command {
         .env_remove("GOOGLE_SERVICE_ACCOUNT")
         .env_remove("LUMEN_STORE")
         .env_remove("LUMEN_WEIGHTS")
+        .env_remove("LUMEN_QUALITY_THRESHOLDS")
         // The log's level and format are the flags' (each test sets what it needs).
         .env_remove("RUST_LOG")
         .env_remove("LUMEN_LOG_FORMAT");

@@ -175,7 +175,7 @@ pub fn stages(opts: &BenchOptions, skip: &[Stage]) -> Result<Vec<(Stage, Measure
                 let build = || SdfDecoder::new(SdfConfig::released(), synth_var_builder(half, dev));
                 stage(dev, build, |d: &SdfDecoder| {
                     let part = d.prepare(&latents)?;
-                    Ok(d.decode_points(&part, &points, CrossAttention::Full).map(|_| ())?)
+                    d.decode_points(&part, &points, CrossAttention::Full).map(|_| ())
                 })?
             }
             Stage::DitSampling => unreachable!("measured by dit()"),
