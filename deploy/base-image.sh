@@ -31,8 +31,9 @@ done
 
 # Runtime: certificates for GCS and the hub, nothing else beyond Debian's minimal base.
 runtime_pkgs="ca-certificates"
-# Build: what cargo's C dependencies and scripts/cuda-toolchain.sh need.
-build_pkgs="ca-certificates,gcc,libc6-dev,make,pkg-config,python3,python3-venv,binutils,xz-utils,git"
+# Build: what cargo's C dependencies and scripts/cuda-toolchain.sh need (g++: nvcc runs the
+# host C++ compiler even for device-only PTX).
+build_pkgs="ca-certificates,gcc,g++,libc6-dev,make,pkg-config,python3,python3-venv,binutils,xz-utils,git"
 
 log() { echo "base-image: $*" >&2; }
 
@@ -85,15 +86,18 @@ import_image() {
   log "imported $image"
 }
 
+# A tarball's name carries its package list, so a changed list is built afresh.
+tar_name() { echo "$cache/debian-$suite-$1-$(echo "$2" | cksum | cut -d' ' -f1).tar"; }
+
 mkdir -p "$cache"
-base_tar="$cache/debian-$suite-runtime.tar"
+base_tar="$(tar_name runtime "$runtime_pkgs")"
 if [ -n "${LUMEN_BASE_REBUILD:-}" ] || [ ! -s "$base_tar" ]; then
   make_rootfs_tar "$runtime_pkgs" "$base_tar"
 fi
 import_image "$base_tar" "lumen-base:$suite"
 
 if $want_build; then
-  build_tar="$cache/debian-$suite-build.tar"
+  build_tar="$(tar_name build "$build_pkgs")"
   if [ -n "${LUMEN_BASE_REBUILD:-}" ] || [ ! -s "$build_tar" ]; then
     make_rootfs_tar "$build_pkgs" "$build_tar"
   fi

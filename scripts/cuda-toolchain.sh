@@ -8,6 +8,9 @@
 #
 # Prints the CUDA_HOME to use on its last line. Idempotent: a finished install is reused.
 set -euo pipefail
+# Everything but the final path goes to stderr: callers capture stdout (`| tail -1`), and a
+# failing step's message (pip's, venv's) must still reach the user.
+exec 3>&1 1>&2
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dest="${LUMEN_CUDA_DIR:-$root/.cuda}"
 venv="$dest/venv"
@@ -26,7 +29,7 @@ pkgs=(
 # it, or build with CUDA_FEATURES=cuda).
 if [ -z "${LUMEN_CUDA_FORCE_PIP:-}" ] && command -v nvcc >/dev/null 2>&1 \
    && nvcc --version | grep -q "release 13\.0,"; then
-  dirname "$(dirname "$(command -v nvcc)")"
+  dirname "$(dirname "$(command -v nvcc)")" >&3
   exit 0
 fi
 
@@ -57,11 +60,19 @@ cudnn_lib="$site/nvidia/cudnn/lib"
 # for the driver's libcuda.so.1 at run time. The stub never leaves this folder.
 if [ ! -f "$cu/lib/stubs/libcuda.so" ]; then
   mkdir -p "$cu/lib/stubs"
-  sys="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys 2>/dev/null | tail -1)"
-  [ -n "$sys" ] || { (cd "$root" && cargo fetch --locked >/dev/null); sys="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys | tail -1)"; }
+  # cudarc's sources come from cargo's registry: fetched first on a machine that has none
+  # (a fresh container). `|| true`: under pipefail a failed ls would end the script silently.
+  find_sys() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys 2>/dev/null | tail -1 || true; }
+  sys="$(find_sys)"
+  if [ -z "$sys" ]; then
+    echo "cuda-toolchain: fetching the crates (cudarc's driver declarations make the libcuda stub)"
+    (cd "$root" && cargo fetch --locked)
+    sys="$(find_sys)"
+  fi
+  [ -n "$sys" ] || { echo "cuda-toolchain: cudarc 0.19's sources are not in cargo's registry after cargo fetch" >&2; exit 1; }
   grep -ohE 'fn cu[A-Za-z0-9_]+\(' "$sys"/*.rs | sort -u | sed -E 's/fn (cu[A-Za-z0-9_]+)\(/void \1(void) {}/' > "$dest/cuda_stub.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cu/lib/stubs/libcuda.so" "$dest/cuda_stub.c"
 fi
 
 touch "$stamp"
-echo "$cu"
+echo "$cu" >&3
