@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -192,30 +192,9 @@ fn misbehaving_pipeline(parts: impl ImageToParts + 'static) -> PartCrafterGenera
     PartCrafterGenerator::from_stages(Box::new(Flat), Box::new(AsIs), Box::new(parts), vec![], ModelOptions::default())
 }
 
-/// Warnings and errors the library logs, from every thread (one subscriber for this binary).
+/// Warnings and errors the library logs, from every thread.
 fn captured_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || Capture(logs))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per test binary");
-        logs
-    })
-}
-
-struct Capture(&'static Mutex<Vec<u8>>);
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    common::logs::captured(tracing::Level::WARN)
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! dropped), run through the real pipeline driver, the batch runner (device phase, CPU
 //! phase, grading, the gate's retries) and the store.
 
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
+
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use image::{GrayImage, Luma, RgbImage};
@@ -107,30 +109,9 @@ fn gated(gate: MinQuality, retries: usize) -> QualityOptions {
     QualityOptions { policy: RetryPolicy { gate: Some(gate), retries }, ..Default::default() }
 }
 
-/// Warnings and up the library logs, from every thread (one subscriber for this binary).
+/// Warnings and up the library logs, from every thread.
 fn captured_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || Capture(logs))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per test binary");
-        logs
-    })
-}
-
-struct Capture(&'static Mutex<Vec<u8>>);
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    common::logs::captured(tracing::Level::INFO)
 }
 
 fn stored(store: &Store) -> Asset {

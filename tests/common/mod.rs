@@ -2,6 +2,8 @@
 //! tensors, comparing with relative L2, and writing synthetic checkpoints.
 #![allow(dead_code)]
 
+pub mod logs;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
